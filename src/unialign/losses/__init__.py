@@ -1,0 +1,40 @@
+"""The objective library: pure loss functions over log-prob and reward tensors.
+
+Families (one module and one docs page each):
+
+- :mod:`unialign.losses.direct` — direct alignment from preference pairs (DPO and relatives),
+  reference-free objectives (SimPO, CPO, ORPO) and unpaired KTO.
+- :mod:`unialign.losses.reward` — reward models: Bradley–Terry, ensembles, transforms.
+- :mod:`unialign.losses.game` — squared-loss game-theoretic objectives (SPPO, INPO, DNO).
+
+``REGISTRY`` maps the names used in configs and on the command line to :class:`LossSpec`.
+"""
+
+from unialign.losses import direct, game, reward
+from unialign.losses._core import (
+    LossOutput,
+    LossSpec,
+    PairedLogps,
+    UnpairedLogps,
+)
+
+REGISTRY: dict[str, LossSpec] = {}
+for _module in (direct, reward, game):
+    for _spec in _module.SPECS:
+        if _spec.name in REGISTRY:
+            raise RuntimeError(f"duplicate objective name {_spec.name!r}")
+        REGISTRY[_spec.name] = _spec
+
+
+def get_loss(name: str) -> LossSpec:
+    """Look an objective up by its config/CLI name; the error lists the valid names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown objective {name!r}; valid names: {', '.join(sorted(REGISTRY))} "
+            "(run `unialign losses` for descriptions)"
+        ) from None
+
+
+__all__ = ["REGISTRY", "LossOutput", "LossSpec", "PairedLogps", "UnpairedLogps", "get_loss"]
