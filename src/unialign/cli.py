@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unialign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("losses", help="list every objective with a one-line description and its paper")
+    p = sub.add_parser(
+        "losses", help="list every objective with a one-line description and its paper"
+    )
     p.add_argument("--family", choices=["direct", "reward", "game"], help="only this family")
     p.set_defaults(func=_cmd_losses)
 
@@ -102,7 +104,9 @@ def _add_train_parser(tsub, name: str, help_text: str, func) -> None:
 
     p = tsub.add_parser(name, help=help_text)
     p.add_argument("--config", help="YAML file with the fields below (flags override it)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's last checkpoint"
+    )
     try:
         if name == "control":
             from unialign.control.config import ControlConfig as model

@@ -101,7 +101,10 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if isinstance(value, str) and typing.get_origin(model.model_fields[key].annotation) in (list, dict):
+        if isinstance(value, str) and typing.get_origin(model.model_fields[key].annotation) in (
+            list,
+            dict,
+        ):
             value = yaml.safe_load(value)
         data[key] = value
     unknown = sorted(set(data) - set(model.model_fields))

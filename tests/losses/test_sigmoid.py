@@ -49,7 +49,11 @@ def test_extreme_inputs_finite(dtype):
     zeros = torch.zeros(2, dtype=dtype)
     out = sigmoid(PairedLogps(pc, pr, zeros, zeros), beta=1.0)
     out.losses.sum().backward()
-    assert torch.isfinite(out.losses).all() and torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
+    assert (
+        torch.isfinite(out.losses).all()
+        and torch.isfinite(pc.grad).all()
+        and torch.isfinite(pr.grad).all()
+    )
 
 
 def test_invalid_input():

@@ -77,7 +77,9 @@ class PairedLogps:
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensors that are present, by field name."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ class UnpairedLogps:
     tokens: Tensor | None = None
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
 
 LossKind = Literal["paired", "paired_ref_free", "unpaired", "reward", "game", "aggregate"]
@@ -145,7 +149,12 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number > 0."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
@@ -161,7 +170,12 @@ def check_in_range(
     """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the stated interval."""
     lo_ok = value >= low if low_inclusive else value > low
     hi_ok = value <= high if high_inclusive else value < high
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not (lo_ok and hi_ok):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (lo_ok and hi_ok)
+    ):
         interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
 
@@ -187,7 +201,9 @@ def check_tensors(
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 1:
-            raise ValueError(f"{name} must be 1-D with one value per example, got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be 1-D with one value per example, got shape {tuple(t.shape)}"
+            )
         if shape is None:
             shape, first = t.shape, name
         elif t.shape != shape:
@@ -200,4 +216,6 @@ def check_tensors(
     for name in positive:
         t = present.get(name)
         if t is not None and not bool((t > 0).all()):
-            raise ValueError(f"{name} must be > 0 for every example (a completion with zero tokens?)")
+            raise ValueError(
+                f"{name} must be > 0 for every example (a completion with zero tokens?)"
+            )

@@ -20,7 +20,9 @@ from unialign.losses._core import (
 
 def _log_ratios(batch: PairedLogps):
     """(r_w, r_l) in the compute dtype, after validating the batch."""
-    check_tensors(batch.tensors(), required=("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected"))
+    check_tensors(
+        batch.tensors(), required=("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
+    )
     dt = compute_dtype(batch.policy_chosen)
     r_w = batch.policy_chosen.to(dt) - batch.ref_chosen.to(dt)
     r_l = batch.policy_rejected.to(dt) - batch.ref_rejected.to(dt)

@@ -34,7 +34,10 @@ def preference_cross_entropy(returns_1: Tensor, returns_2: Tensor, labels: Tenso
     losses = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
     pred = (z > 0).to(dt)
     acc = torch.where(y == 0.5, torch.full_like(y, 0.5), (pred == (y > 0.5).to(dt)).to(dt))
-    return LossOutput(losses, {"preference/accuracy": acc.detach(), "preference/prob_first": torch.sigmoid(z).detach()})
+    return LossOutput(
+        losses,
+        {"preference/accuracy": acc.detach(), "preference/prob_first": torch.sigmoid(z).detach()},
+    )
 
 
 SPECS: list[LossSpec] = [

@@ -1,0 +1,1 @@
+"""Bilevel optimisation: implicit-differentiation hypergradients and A-PARL."""

@@ -1,0 +1,1 @@
+"""Control engine: environments, SAC, replay buffer, segments, reward learning, the loop."""

@@ -1,0 +1,1 @@
+"""Where preferences come from: simulated teachers, datasets, humans — and the SQLite store."""

@@ -1,0 +1,1 @@
+"""Language-model engine: data, packed log-probs, reference caching, offline training."""
