@@ -1,0 +1,105 @@
+"""Progress display and learning-curve plots for control runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class ProgressReporter:
+    """A rich progress bar over environment steps showing return and queries used."""
+
+    def __init__(self, total: int, *, enabled: bool = True, title: str = "training") -> None:
+        self.enabled = enabled
+        self.total = total
+        self.title = title
+        self.progress: Progress | None = None
+        self.task = None
+
+    def start(self, completed: int = 0) -> None:
+        if not self.enabled:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("return {task.fields[ret]}  queries {task.fields[queries]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            self.title, total=self.total, completed=completed, ret="-", queries=0
+        )
+
+    def update(self, step: int, true_return: float | None, queries: int) -> None:
+        if self.progress is None:
+            return
+        ret = "-" if true_return is None else f"{true_return:.1f}"
+        self.progress.update(self.task, completed=step, ret=ret, queries=queries)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All rows of a ``metrics.jsonl`` file."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_learning_curve(
+    metrics_path: str | Path,
+    out_path: str | Path,
+    *,
+    title: str,
+    reference_return: float | None = None,
+) -> None:
+    """True evaluation return against environment steps (queries on a second axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(metrics_path) if "eval/true_return" in r]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(
+        [r["step"] for r in rows],
+        [r["eval/true_return"] for r in rows],
+        marker="o",
+        label="true return",
+    )
+    if reference_return is not None:
+        ax.axhline(
+            reference_return, color="grey", linestyle="--", label="oracle (SAC on true reward)"
+        )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return (true reward)")
+    ax.set_title(title)
+    q = [r.get("feedback/queries", 0) for r in rows]
+    if any(q):
+        ax2 = ax.twinx()
+        ax2.step(
+            [r["step"] for r in rows],
+            q,
+            where="post",
+            color="tab:orange",
+            alpha=0.6,
+            label="queries",
+        )
+        ax2.set_ylabel("queries used", color="tab:orange")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
