@@ -360,7 +360,8 @@ def train_lm(
     ``torchrun``) for data-parallel training on several processes.
     """
     t_start = time.perf_counter()
-    acc = Accelerator()
+    # cpu=True on CPU-only machines so that torchrun/spawned processes form a gloo group
+    acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
