@@ -465,8 +465,8 @@ def train_lm(
             stats = {k: acc.gather(torch.cat(v)) for k, v in per_example.items()}
             tokens = float(acc.reduce(torch.tensor([float(tokens)], device=acc.device)).sum())
             last = {k: float(v.mean()) for k, v in stats.items()}
-            last.update({"lm/lr": lr, "lm/tokens_per_s": tokens / (time.perf_counter() - t0),
-                         "lm/examples": state.examples_seen})  # fmt: skip
+            last.update({"lm/lr": lr, "lm/tokens": tokens, "lm/examples": state.examples_seen,
+                         "lm/tokens_per_s": tokens / (time.perf_counter() - t0)})  # fmt: skip
             if grad_norm is not None:
                 last["lm/grad_norm"] = grad_norm
             evaluate_now = cfg.eval_every and state.step % cfg.eval_every == 0
