@@ -108,7 +108,16 @@ class UnpairedLogps:
         }
 
 
-LossKind = Literal["paired", "paired_ref_free", "unpaired", "reward", "game", "aggregate"]
+LossKind = Literal[
+    "paired",
+    "paired_ref_free",
+    "unpaired",
+    "listwise",
+    "scored_pairs",
+    "reward",
+    "game",
+    "aggregate",
+]
 
 
 @dataclass(frozen=True)
