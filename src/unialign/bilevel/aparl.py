@@ -1,0 +1,206 @@
+"""A-PARL's reward-model gradient for SAC: PEBBLE's Bradley–Terry gradient plus the implicit term.
+
+PARL (Chakraborty et al. 2023, arXiv 2308.02585) fits the reward r_ν on preferences over
+segments drawn from the *current* policy, G(ν) = E_{σ¹,σ²∼ρ(θ*(ν))}[U_ν(σ¹, σ²)], so
+
+    ∇G = E[∇_ν U_ν] + (dθ*/dν)ᵀ E[U_ν ∇_θ log ρ(σ; θ*)],   dθ*/dν = −[∇²_θθ V]⁻¹ ∇²_θν V.
+
+PEBBLE keeps only the first term. Here everything is written for the *loss* the reward
+optimiser minimises, F = −G = Σ_k mean_n BT cross-entropy (the ensemble loss PEBBLE trains), so
+the returned gradients can be set as ``.grad`` and stepped. Derivation, approximations and
+validation: ``docs/aparl.md``. In short:
+
+- Lower loss (SAC's actor loss, minimised): L(θ, ν) = E_{s∼D, ε}[α log π_θ(a_θ|s) − Q(s, a_θ)]
+  with a_θ = a_θ(s, ε) reparameterised. Q's dependence on ν is approximated by its one-step
+  part, Q_ν ≈ Q_φ + (r_ν − r_ν₀), so the cross term ∇²_νθ L uses −E[r_ν(s, a_θ)] only.
+- Score term: g_θ = ∇_θ F = mean_i (ℓ_i − ℓ̄) ∇_θ[log ρ(σ¹_i) + log ρ(σ²_i)], with
+  log ρ(σ) = Σ_t log π_θ(a_t|s_t) over the segment's stored actions (dynamics drop out) and
+  the batch-mean baseline ℓ̄. Segments come from the replay buffer, i.e. from older policies:
+  an off-policy approximation without importance weights.
+- Curvature: ``curvature="fisher"`` (default) replaces ∇²_θθ L by α·F, F the policy's Fisher
+  matrix, which equals the Hessian at the lower optimum (L = α KL(π_θ ‖ exp(Q/α)/Z) + const)
+  and is positive semi-definite everywhere; ``"hessian"`` uses the actor loss's own Hessian
+  (critic from ``critic_fn``, else Q ≈ r_ν), which is indefinite away from the optimum, where
+  CG stops on negative curvature (measured in ``docs/aparl.md``).
+- Inverse: damped conjugate gradient, (H + λI)⁻¹ g_θ, on curvature-vector products.
+
+Cost per call: reward-model forward/backward on the 2·N·H segment steps (the BT gradient, as
+PEBBLE); an actor forward on those steps and one backward (g_θ); an actor sample on the B
+``obs_for_lower`` states and two ``create_graph`` backwards (cross term, curvature);
+``cg_iters`` curvature-vector products (Fisher: double backward through the actor only;
+Hessian: through actor, reward model and critic) on B states; one cross backward to ν. About
+``cg_iters + 1`` double-backward passes on B states on top of PEBBLE's update; no extra
+environment interaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from unialign.bilevel.hypergrad import cross_vjp, grad_or_zeros, inverse_hvp, list_dot, list_norm
+from unialign.control.types import SegmentBatch
+from unialign.losses.reward import preference_cross_entropy
+
+__all__ = [
+    "aparl_reward_gradient",
+    "gaussian_kl_to_frozen",
+    "segment_log_prob",
+    "tanh_gaussian_log_prob",
+]
+
+ACTION_CLIP = 1e-6
+
+
+def tanh_gaussian_log_prob(actor: nn.Module, obs: Tensor, actions: Tensor) -> Tensor:
+    """log π_θ(a|s) of given actions under a tanh-squashed Gaussian actor, ``[B]``.
+
+    Uses ``actor.log_prob(obs, actions)`` when the actor has it; otherwise
+    ``actor(obs) -> (mean, log_std)`` and the change of variables a = tanh(u):
+    log π(a|s) = Σ_j [log N(u_j; μ_j, σ_j) − log(1 − a_j²)], u = atanh(a), with a clipped to
+    (−1 + 1e-6, 1 − 1e-6) so stored actions that saturated tanh stay finite.
+    """
+    if hasattr(actor, "log_prob"):
+        return actor.log_prob(obs, actions).reshape(obs.shape[0])
+    mean, log_std = actor(obs)
+    a = actions.clamp(-1 + ACTION_CLIP, 1 - ACTION_CLIP)
+    u = torch.atanh(a)
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    return (normal.log_prob(u) - torch.log1p(-a.pow(2))).sum(-1)
+
+
+def segment_log_prob(actor: nn.Module, seg: SegmentBatch) -> Tensor:
+    """log ρ(σ; θ) up to θ-free dynamics terms: Σ_t log π_θ(a_t|s_t), ``[N]``."""
+    n, h = seg.obs.shape[:2]
+    logp = tanh_gaussian_log_prob(actor, seg.obs.reshape(n * h, -1), seg.actions.reshape(n * h, -1))
+    return logp.reshape(n, h).sum(1)
+
+
+def gaussian_kl_to_frozen(actor: nn.Module, obs: Tensor) -> Tensor:
+    """mean_s KL(π_θ₀(·|s) ‖ π_θ(·|s)) with θ₀ the current parameters, held fixed.
+
+    tanh is a bijection, so the KL of the squashed policies is the KL of the pre-squash
+    Gaussians: Σ_j [log σ_j − log σ₀_j + (σ₀_j² + (μ_j − μ₀_j)²) / (2σ_j²) − ½]. Its value and
+    gradient vanish at θ = θ₀ and its Hessian there is the Fisher information matrix
+    F = E_s[Jᵀ diag(1/σ², 2) J] (J = ∂(μ, log σ)/∂θ), positive semi-definite by construction:
+    the Fisher-vector product of TRPO, by double backward.
+    """
+    mean, log_std = actor(obs)
+    m0, ls0 = mean.detach(), log_std.detach()
+    var_ratio = torch.exp(2 * (ls0 - log_std))
+    kl = (log_std - ls0) + 0.5 * (var_ratio + (mean - m0).pow(2) * torch.exp(-2 * log_std)) - 0.5
+    return kl.sum(-1).mean()
+
+
+def _flat_cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    na, nb = list_norm(a), list_norm(b)
+    return float(list_dot(a, b)) / (na * nb) if na > 0 and nb > 0 else 1.0
+
+
+def aparl_reward_gradient(
+    reward_model: nn.Module,
+    actor: nn.Module,
+    seg1: SegmentBatch,
+    seg2: SegmentBatch,
+    labels: Tensor,
+    *,
+    obs_for_lower: Tensor,
+    critic_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    alpha: float,
+    cg_iters: int = 10,
+    damping: float = 1e-2,
+    cg_tol: float = 1e-6,
+    correction_weight: float = 1.0,
+    curvature: Literal["fisher", "hessian"] = "fisher",
+) -> tuple[list[Tensor], dict[str, float]]:
+    """Gradient of the reward model's BT loss with A-PARL's implicit correction.
+
+    Args:
+        reward_model: exposes ``segment_returns(seg) -> [K, N]`` (per ensemble member) and
+            ``reward(obs, act) -> [B]`` (ensemble mean, differentiable in ν and in ``act``).
+        actor: SAC's tanh-Gaussian actor: ``actor.sample(obs) -> (action, log_prob)``
+            reparameterised, and ``actor(obs) -> (mean, log_std)`` before the tanh (used by
+            the Fisher curvature, and for log-probs of stored actions unless the actor has
+            ``log_prob(obs, actions)``).
+        seg1, seg2: the queried segment pairs, ``N`` each, from the replay buffer.
+        labels: ``[N]`` y ∈ [0, 1], probability that ``seg1`` is preferred.
+        obs_for_lower: ``[B, obs_dim]`` replay states on which the lower (actor) loss and
+            its Hessian are evaluated.
+        critic_fn: ``(obs, act) -> Q [B]`` (e.g. the min of SAC's twin critics), used by
+            ``curvature="hessian"`` only; ``None`` there means Q ≈ r_ν (one-step lower level).
+        alpha: SAC's entropy temperature in the lower loss.
+        cg_iters, damping, cg_tol: conjugate gradient on (H + damping·I), stopped after
+            ``cg_iters`` products or at relative residual ``cg_tol``.
+        correction_weight: scales the implicit term; 0 skips it and returns PEBBLE's gradient.
+        curvature: H = α·Fisher (``"fisher"``, default) or the actor loss's Hessian
+            (``"hessian"``).
+
+    Returns:
+        ``(grads, metrics)``: ``grads`` aligned with
+        ``[p for p in reward_model.parameters() if p.requires_grad]``, detached: the gradient
+        of the ensemble's BT loss Σ_k mean_n ``preference_cross_entropy`` (the loss of
+        ``RewardEnsemble.loss`` and of PEBBLE's reward epochs) plus the correction.
+        Use: ``for p, g in zip(params, grads): p.grad = g``, then ``opt.step()``.
+        ``metrics``: ``aparl/bt_loss``, ``aparl/bt_grad_norm``, ``aparl/correction_norm``,
+        ``aparl/cosine`` (between the BT and the corrected gradient), ``aparl/cg_residual``
+        (‖b − (H + λI)x‖/‖b‖), ``aparl/cg_iters``, ``aparl/negative_curvature`` (1.0 when CG
+        stopped on non-positive curvature: increase ``damping``), ``aparl/score_grad_norm``.
+    """
+    if curvature not in ("fisher", "hessian"):
+        raise ValueError(f"curvature must be 'fisher' or 'hessian', got {curvature!r}")
+    nu = [p for p in reward_model.parameters() if p.requires_grad]
+    theta = [p for p in actor.parameters() if p.requires_grad]
+
+    # Upper loss F = Σ_k mean_n BT-CE_k (RewardEnsemble.loss: each member fits its own BT
+    # loss); its ν-gradient is PEBBLE's update. Per query, ℓ_n = Σ_k CE_{k,n}, F = mean_n ℓ_n.
+    r1, r2 = reward_model.segment_returns(seg1), reward_model.segment_returns(seg2)
+    y = labels.to(r1.device, r1.dtype).expand_as(r1)
+    ce = preference_cross_entropy(r1.reshape(-1), r2.reshape(-1), y.reshape(-1)).losses
+    ell = ce.reshape(r1.shape).sum(0)
+    bt_loss = ell.mean()
+    bt = [g.detach() for g in grad_or_zeros(bt_loss, nu)]
+    metrics = {
+        "aparl/bt_loss": float(bt_loss.detach()) / r1.shape[0],  # per member, as reward_model/loss
+        "aparl/bt_grad_norm": list_norm(bt),
+    }
+    if correction_weight == 0.0:
+        skipped = ("correction_norm", "cg_residual", "cg_iters", "negative_curvature")
+        metrics.update({f"aparl/{k}": 0.0 for k in (*skipped, "score_grad_norm")})
+        metrics["aparl/cosine"] = 1.0
+        return bt, metrics
+
+    # Score-function term g_θ = ∇_θ F = mean_n (ℓ_n − ℓ̄) ∇_θ[log ρ(σ¹_n) + log ρ(σ²_n)].
+    ell = ell.detach()
+    log_rho = segment_log_prob(actor, seg1) + segment_log_prob(actor, seg2)
+    g_theta = grad_or_zeros(((ell - ell.mean()) * log_rho).mean(), theta)
+
+    # Lower loss on replay states: one reparameterised draw a_θ(s, ε) per state.
+    action, logp = actor.sample(obs_for_lower)
+    r_lower = reward_model.reward(obs_for_lower, action).reshape(-1)
+    if not r_lower.requires_grad:
+        raise RuntimeError(
+            "reward_model.reward(obs, act) returned a tensor without grad; A-PARL needs "
+            "∂r_ν/∂ν and ∂r_ν/∂a (is reward() wrapped in torch.no_grad()?)"
+        )
+    # Cross term ∇²_νθ L: only −E[r_ν(s, a_θ)] depends on ν (Q_ν ≈ Q_φ + r_ν − r_ν₀).
+    grads_r = grad_or_zeros(-r_lower.mean(), theta, create_graph=True, retain_graph=True)
+    if curvature == "fisher":  # α·F: the Hessian of L at its optimum, PSD everywhere
+        curv = alpha * gaussian_kl_to_frozen(actor, obs_for_lower)
+    else:  # the actor loss itself, at the same draw
+        q = r_lower if critic_fn is None else critic_fn(obs_for_lower, action).reshape(-1)
+        curv = (alpha * logp.reshape(-1) - q).mean()
+    grads_h = grad_or_zeros(curv, theta, create_graph=True, retain_graph=True)
+    sol = inverse_hvp(grads_h, theta, g_theta, iters=cg_iters, damping=damping, tol=cg_tol)
+    correction = [-correction_weight * c for c in cross_vjp(grads_r, nu, sol.x)]
+    total = [a + c for a, c in zip(bt, correction, strict=True)]
+
+    metrics["aparl/correction_norm"] = list_norm(correction)
+    metrics["aparl/cosine"] = _flat_cosine(bt, total)
+    metrics["aparl/cg_residual"] = sol.residual
+    metrics["aparl/cg_iters"] = float(sol.iters)
+    metrics["aparl/negative_curvature"] = float(sol.negative_curvature)
+    metrics["aparl/score_grad_norm"] = list_norm(g_theta)
+    return total, metrics
