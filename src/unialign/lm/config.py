@@ -10,6 +10,7 @@ error names the field.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,9 +32,10 @@ def lm_loss_names() -> list[str]:
     return sorted(n for n, s in REGISTRY.items() if s.kind in LM_LOSS_KINDS)
 
 
-def _looks_local(ref: str) -> bool:
-    """A path-like model reference (as opposed to a hub id such as ``org/name``)."""
-    return ref.startswith(("/", ".", "~")) or Path(ref).exists() or ref.count("/") != 1
+def _must_exist_locally(ref: str) -> bool:
+    """False only for what can be a hub id (``org/name``) while the hub is not switched off."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    return offline or ref.startswith(("/", ".", "~")) or ref.count("/") != 1
 
 
 class LMTrainConfig(BaseModel):
@@ -110,7 +112,7 @@ class LMTrainConfig(BaseModel):
         description="micro-steps accumulated per optimizer step (exact: per-example losses are "
         "summed and divided by the examples in the whole step)",
     )
-    max_steps: int | None = Field(None, description="optimizer steps; overrides epochs")
+    max_steps: int | None = Field(None, description="optimizer steps; when set, epochs is ignored")
     epochs: float | None = Field(
         None, description="passes over train_data when max_steps is not set (default 1)"
     )
@@ -161,7 +163,7 @@ class LMTrainConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _model_exists(cls, v: str) -> str:
-        if _looks_local(v) and not Path(v).expanduser().is_dir():
+        if not Path(v).expanduser().is_dir() and _must_exist_locally(v):
             raise ValueError(f"model directory {v!r} does not exist")
         return v
 
@@ -222,8 +224,6 @@ class LMTrainConfig(BaseModel):
             raise ValueError("max_steps must be >= 1")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError("epochs must be > 0")
-        if self.max_steps is not None and self.epochs is not None:
-            raise ValueError("epochs: give either max_steps or epochs, not both")
         if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
             raise ValueError("max_prompt_length must lie in (0, max_length)")
         if self.max_tokens_per_row is not None and self.max_tokens_per_row < self.max_length:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -367,6 +368,8 @@ def train_lm(
     out.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(out) if resume else None
     if main:
+        if not resume and (out / "checkpoints").is_dir():  # a fresh run: stale checkpoints
+            shutil.rmtree(out / "checkpoints")  # must not be what a later --resume picks up
         dump_config(cfg, out / "config.yaml")
     set_seed(cfg.seed)
     spec, params = cfg.loss_spec, cfg.resolved_loss_params()
