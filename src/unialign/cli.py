@@ -51,8 +51,8 @@ def _cmd_train_control(args: argparse.Namespace) -> int:
     from unialign.control.train import train_control
 
     cfg = load_config(ControlConfig, args.config, _overrides(args, ControlConfig))
-    train_control(cfg, resume=args.resume)
-    return 0
+    summary = train_control(cfg, resume=args.resume)
+    return 130 if summary.get("interrupted") else 0
 
 
 def _cmd_train_lm(args: argparse.Namespace) -> int:
@@ -61,8 +61,8 @@ def _cmd_train_lm(args: argparse.Namespace) -> int:
     from unialign.lm.train import train_lm
 
     cfg = load_config(LMTrainConfig, args.config, _overrides(args, LMTrainConfig))
-    train_lm(cfg, resume=args.resume)
-    return 0
+    summary = train_lm(cfg, resume=args.resume)
+    return 130 if summary.get("interrupted") else 0
 
 
 def _overrides(args: argparse.Namespace, model) -> dict:

@@ -116,8 +116,12 @@ def load_config(
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  field '{loc}': {err['msg']} (got {err.get('input')!r})")
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if loc:
+                lines.append(f"  field '{loc}': {msg} (got {err.get('input')!r})")
+            else:  # a cross-field check: its message names the fields itself
+                lines.append(f"  {msg}")
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
 
 
