@@ -41,8 +41,10 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from unialign.control.demo import run_demo
 
-    run_demo(out_dir=args.out, seed=args.seed, quick=args.quick)
-    return 0
+    summary = run_demo(
+        out_dir=args.out, seed=args.seed, quick=args.quick, oracle=not args.no_oracle
+    )
+    return 130 if summary.get("interrupted") else 0
 
 
 def _cmd_train_control(args: argparse.Namespace) -> int:
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
+    p.add_argument("--no-oracle", action="store_true", help="skip the oracle comparison run")
     p.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="train from a configuration file")

@@ -67,24 +67,54 @@ def demo_config(out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> C
     return ControlConfig.model_validate(cfg.model_dump())
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False) -> dict:
-    """Run the demo and print where its outputs are; returns the summary."""
+def run_demo(
+    out_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False, oracle: bool = True
+) -> dict:
+    """Run the demo (and, with ``oracle``, SAC on the true reward for comparison).
+
+    Returns the summary also written to ``summary.json``: the aligned policy's true return,
+    the queries used and, when computed, the oracle's return and the ratio of the two
+    improvements over a random policy.
+    """
+    from unialign.control.report import plot_learning_curve
     from unialign.control.train import train_control
 
     console = Console()
     cfg = demo_config(out_dir, seed=seed, quick=quick)
     out = Path(cfg.output_dir)
-    resume = (out / "checkpoint.pt").exists() and not (out / "summary.json").exists()
-    if (out / "summary.json").exists():
-        # a finished demo: start afresh so the command always produces a new run
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-        (out / "summary.json").unlink()
     console.print(
         f"[bold]unialign demo[/bold]: A-PARL on {cfg.env}, {cfg.max_queries} simulated queries "
         f"({cfg.teacher} teacher), {cfg.total_steps} environment steps → {out}/"
-        + (" (resuming)" if resume else "")
     )
-    summary = train_control(cfg, resume=resume)
+    summary = _run_or_resume(cfg, train_control)
+    if summary.get("interrupted"):
+        return summary
+    if oracle:
+        ocfg = cfg.model_copy(update={"algo": "oracle", "output_dir": str(out / "oracle")})
+        console.print(
+            f"[bold]oracle[/bold]: SAC on the true reward, same budget → {ocfg.output_dir}/"
+        )
+        osum = _run_or_resume(ocfg, train_control)
+        if osum.get("interrupted"):
+            return osum
+        summary["oracle/true_return"] = osum["eval/true_return"]
+        plot_learning_curve(
+            out / "metrics.jsonl",
+            out / "learning_curve.png",
+            title=f"A-PARL on {cfg.env} ({summary['queries_used']} queries)",
+            reference=Path(ocfg.output_dir) / "metrics.jsonl",
+        )
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print_json(json.dumps(summary))
     console.print(f"outputs: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return summary
+
+
+def _run_or_resume(cfg: ControlConfig, train_control) -> dict:
+    """Resume an interrupted run in ``cfg.output_dir``; start afresh when it had finished."""
+    out = Path(cfg.output_dir)
+    finished = (out / "summary.json").exists()
+    if finished:
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        (out / "summary.json").unlink()
+    return train_control(cfg, resume=(out / "checkpoint.pt").exists())

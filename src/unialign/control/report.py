@@ -64,39 +64,48 @@ def plot_learning_curve(
     out_path: str | Path,
     *,
     title: str,
-    reference_return: float | None = None,
+    reference: str | Path | None = None,
+    reference_label: str = "oracle (SAC on the true reward)",
 ) -> None:
-    """True evaluation return against environment steps (queries on a second axis)."""
+    """True evaluation return against environment steps, queries used on a second axis.
+
+    ``reference`` is another run's ``metrics.jsonl`` (e.g. the oracle's) drawn for comparison.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in read_metrics(metrics_path) if "eval/true_return" in r]
+    rows = read_metrics(metrics_path)
+    evals = [r for r in rows if "eval/true_return" in r]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(
-        [r["step"] for r in rows],
-        [r["eval/true_return"] for r in rows],
+        [r["step"] for r in evals],
+        [r["eval/true_return"] for r in evals],
         marker="o",
-        label="true return",
+        label="aligned policy",
     )
-    if reference_return is not None:
-        ax.axhline(
-            reference_return, color="grey", linestyle="--", label="oracle (SAC on true reward)"
+    if reference is not None:
+        ref = [r for r in read_metrics(reference) if "eval/true_return" in r]
+        ax.plot(
+            [r["step"] for r in ref],
+            [r["eval/true_return"] for r in ref],
+            color="grey",
+            linestyle="--",
+            marker=".",
+            label=reference_label,
         )
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return (true reward)")
     ax.set_title(title)
-    q = [r.get("feedback/queries", 0) for r in rows]
-    if any(q):
+    if any(r.get("feedback/queries", 0) for r in rows):
         ax2 = ax.twinx()
         ax2.step(
             [r["step"] for r in rows],
-            q,
+            [r.get("feedback/queries", 0) for r in rows],
             where="post",
             color="tab:orange",
             alpha=0.6,
-            label="queries",
         )
         ax2.set_ylabel("queries used", color="tab:orange")
     ax.legend(loc="lower right")

@@ -37,7 +37,7 @@ from unialign.control.runner import EpisodeRunner
 from unialign.control.sac import SAC, SACConfig, evaluate
 from unialign.control.types import SegmentBatch
 from unialign.feedback.store import FeedbackStore
-from unialign.feedback.teachers import Teacher, TeacherConfig
+from unialign.feedback.teachers import Teacher, TeacherConfig, mean_segment_return
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -108,6 +108,9 @@ class ControlRun:
                 start=cfg.random_steps + cfg.unsup_steps,
             )
             self.store = FeedbackStore(run_dir / "feedback.sqlite")
+            # SAC must never see the true reward: from the first step, stored transitions are
+            # labelled by the (still untrained) reward model, and relabelled after each fit
+            self.buffer.relabel(self.reward_model.numpy_reward)
         else:
             self.buffer.use_true_rewards()
         self.step = 0
@@ -147,8 +150,10 @@ class ControlRun:
             self.update_credit -= 1.0
             batch = self.buffer.sample(cfg.batch_size, self.device)
             if self.in_pretraining():
-                states = torch.as_tensor(self.buffer.observations(), device=self.device)
-                batch = replace(batch, rewards=self.entropy_reward(batch.next_obs, states))
+                # the entropy reward subsamples the buffer's states itself before copying
+                batch = replace(
+                    batch, rewards=self.entropy_reward(batch.next_obs, self.buffer.observations())
+                )
             self.last_metrics = self.agent.update(batch)
 
     def feedback(self) -> int:
@@ -160,18 +165,26 @@ class ControlRun:
         pool = n * cfg.pool_factor
         seg1 = self.buffer.sample_segments(pool, cfg.segment_length)
         seg2 = self.buffer.sample_segments(pool, cfg.segment_length)
-        idx = select_queries(seg1, seg2, self.reward_model, n, cfg.query_selection, self.rng)
+        # B-Pref asks its first round uniformly: an untrained ensemble's disagreement is noise
+        method = "uniform" if self.store.count_queries() == 0 else cfg.query_selection
+        idx = select_queries(seg1, seg2, self.reward_model, n, method, self.rng)
         seg1, seg2 = _take(seg1, idx), _take(seg2, idx)
-        if self.recent_returns:
-            # R̄_seg: mean true return of recent episodes scaled to the segment length
-            scale = cfg.segment_length / self.episode_steps
-            self.teacher.update_mean_segment_return(float(np.mean(self.recent_returns)) * scale)
+        self.teacher.update_mean_segment_return(self._mean_segment_return())
         labels, keep = self.teacher.label(seg1, seg2, self.rng)
-        ids = self.store.add_queries(seg1, seg2, step=self.step, selection=cfg.query_selection)
-        self.store.add_labels(ids, labels, labeler=f"teacher:{cfg.teacher}", keep_mask=keep)
+        ids = self.store.add_queries(seg1, seg2, step=self.step, selection=method)
+        self.store.add_labels(ids, labels, labeler=self.teacher.name, keep_mask=keep)
         self.schedule.consume(n)
         self.fit_reward()
         return n
+
+    def _mean_segment_return(self) -> float:
+        """R̄_seg for the skip/equal teachers: mean return of the last 10 episodes × H / T
+        (B-Pref); before any episode has ended, the buffer's mean true reward × H."""
+        if self.recent_returns:
+            return mean_segment_return(
+                self.recent_returns, self.episode_steps, self.cfg.segment_length
+            )
+        return float(self.buffer.true_rewards().mean()) * self.cfg.segment_length
 
     def fit_reward(self) -> None:
         cfg = self.cfg
@@ -253,9 +266,12 @@ class ControlRun:
             "runner": self.runner.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "last_metrics": {k: float(v) for k, v in self.last_metrics.items()},
         }
         if self.learns_reward:
             state["reward_model"] = self.reward_model.state_dict()
+            state["reward_optimizer"] = self.reward_model.optimizer.state_dict()
+            state["entropy_reward"] = self.entropy_reward.state_dict()
             state["schedule"] = self.schedule.state_dict()
             state["teacher"] = self.teacher.state_dict()
         return state
@@ -265,14 +281,18 @@ class ControlRun:
         self.update_credit = state["update_credit"]
         self.recent_returns = list(state["recent_returns"])
         self.agent.load_state_dict(state["agent"])
-        self.buffer.load_state_dict(state["buffer"])
+        self.buffer.load_state_dict(state["buffer"])  # stored training rewards included
         self.runner.load_state_dict(state["runner"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         if self.learns_reward:
             self.reward_model.load_state_dict(state["reward_model"])
+            self.reward_model.optimizer.load_state_dict(state["reward_optimizer"])
+            self.entropy_reward.load_state_dict(state["entropy_reward"])
+            self.buffer.reward_fn = self.reward_model.numpy_reward  # for rows added from now on
             self.schedule.load_state_dict(state["schedule"])
             self.teacher.load_state_dict(state["teacher"])
+        self.last_metrics = dict(state["last_metrics"])
 
     def close(self) -> None:
         self.runner.close()
@@ -389,7 +409,8 @@ def train_control(
                 if eval_row.get("step") == run.step:
                     row.update({k: v for k, v in eval_row.items() if k != "step"})
                 log.write(row)
-            reporter.update(run.step, eval_row.get("eval/true_return"), run.queries_used())
+            if run.step % 50 < run.runner.num_envs:  # refreshing the bar every step costs time
+                reporter.update(run.step, eval_row.get("eval/true_return"), run.queries_used())
             stop = interrupted["flag"] or (stop_after is not None and run.step >= stop_after)
             if (
                 _crossed(prev, run.step, cfg.checkpoint_every)
@@ -401,24 +422,24 @@ def train_control(
                 reporter.stop()
                 return {"interrupted": True, "step": run.step}
         reporter.stop()
+        summary = {
+            "env": cfg.env,
+            "algo": cfg.algo,
+            "seed": cfg.seed,
+            "env_steps": run.step,
+            "queries_used": run.queries_used(),
+            "labels_used": run.labels_used(),
+            "eval/true_return": eval_row.get("eval/true_return"),
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+        }
+        if "eval/success_rate" in eval_row:
+            summary["eval/success_rate"] = eval_row["eval/success_rate"]
     finally:
+        reporter.stop()
         for s, h in old_handlers.items():
             signal.signal(s, h)
         log.close()
         run.close()
-
-    summary = {
-        "env": cfg.env,
-        "algo": cfg.algo,
-        "seed": cfg.seed,
-        "env_steps": run.step,
-        "queries_used": run.queries_used(),
-        "labels_used": run.labels_used(),
-        "eval/true_return": eval_row.get("eval/true_return"),
-        "wall_time_s": round(time.perf_counter() - t0, 1),
-    }
-    if "eval/success_rate" in eval_row:
-        summary["eval/success_rate"] = eval_row["eval/success_rate"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_learning_curve(
         run_dir / "metrics.jsonl", run_dir / "learning_curve.png", title=f"{cfg.algo} on {cfg.env}"
