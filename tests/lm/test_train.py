@@ -100,7 +100,7 @@ def test_lora_saves_adapter_and_merged_model(tmp_path, tiny):
     ("fields", "expected"),
     [
         ({"lerning_rate": 1e-3}, "unknown field(s) lerning_rate"),
-        ({"loss": "dpo_typo"}, "field 'loss': Value error, unknown objective 'dpo_typo'"),
+        ({"loss": "dpo_typo"}, "field 'loss': unknown objective 'dpo_typo'"),
         ({"loss_params": {"gamma": 1.0}}, "loss_params: gamma not a hyperparameter of 'sigmoid'"),
         ({"loss_params": {"beta": -1.0}}, "loss_params: beta must be a finite number > 0"),
         ({"lora_r": 8}, "lora_r: LoRA fields need finetune: lora"),
