@@ -169,3 +169,53 @@ def test_errors():
     buf.add(np.zeros((2, 1)), np.zeros((2, 1)), [0, 0], np.zeros((2, 1)), [0, 0], [0, 0])
     with pytest.raises(ValueError, match="2 envs"):
         buf.add(np.zeros((3, 1)), np.zeros((3, 1)), [0] * 3, np.zeros((3, 1)), [0] * 3, [0] * 3)
+
+
+def test_absorbing_segments_run_past_terminations_only():
+    """One env: episode 0 (4 steps, terminated at step 3), episode 1 (6 steps, truncated).
+
+    Windows of H = 3 inside one episode: ep 0 starts 0, 1 (codes 0..3); ep 1 starts 0..3
+    (codes 10..15). With ``absorbing``, ep 0's windows starting at steps 2 and 3 also qualify
+    (they cross the termination after code 3) and are padded with the terminal next_obs
+    (obs + 1 = 4), a zero action and true reward 0; ep 1 ends by truncation, so its late
+    starts (steps 4, 5) never qualify.
+    """
+    buf = ReplayBuffer(50, obs_dim=1, act_dim=1, seed=0)
+    _fill(buf, [[4, 6]])
+    seg = buf.sample_segments(500, 3, absorbing=True)
+    firsts = set(seg.true_rewards[:, 0].tolist())
+    assert firsts == {0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0}
+    starts_at_3 = seg.true_rewards[:, 0] == 3.0
+    assert starts_at_3.any()
+    torch.testing.assert_close(seg.true_rewards[starts_at_3][0], torch.tensor([3.0, 0.0, 0.0]))
+    torch.testing.assert_close(seg.obs[starts_at_3][0, :, 0], torch.tensor([3.0, 4.0, 4.0]))
+    torch.testing.assert_close(seg.actions[starts_at_3][0, :, 0], torch.tensor([0.5, 0.0, 0.0]))
+    starts_at_2 = seg.true_rewards[:, 0] == 2.0
+    torch.testing.assert_close(seg.true_rewards[starts_at_2][0], torch.tensor([2.0, 3.0, 0.0]))
+    # without absorbing, nothing crosses the termination
+    plain = buf.sample_segments(500, 3)
+    assert set(plain.true_rewards[:, 0].tolist()) == {0.0, 1.0, 10.0, 11.0, 12.0, 13.0}
+
+
+def test_relabel_adds_the_absorbing_value_to_terminated_rows():
+    """reward_fn(s, a) = s + a. Terminated row (code 3, next_obs 4): 3 + 0.5 plus
+    γ/(1−γ)·reward_fn(4, 0) = 9 · 4 = 36 at γ = 0.9, so 39.5; other rows get s + 0.5.
+    A row added later that terminates gets the same treatment."""
+    buf = ReplayBuffer(50, obs_dim=1, act_dim=1, seed=0)
+    _fill(buf, [[4, 6]])
+    buf.relabel(lambda o, a: (o + a).sum(-1), absorbing_gamma=0.9)
+    train, true = buf.training_rewards(), buf.true_rewards()
+    expected = true + 0.5
+    expected[true == 3.0] += 9.0 * 4.0
+    np.testing.assert_allclose(train, expected, rtol=1e-6)
+    buf.add(
+        np.array([[7.0]]),
+        np.array([[0.5]]),
+        np.array([0.0]),
+        np.array([[8.0]]),
+        np.array([True]),
+        np.array([False]),
+    )
+    np.testing.assert_allclose(buf.training_rewards()[-1], 7.5 + 9.0 * 8.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="absorbing_gamma"):
+        buf.relabel(lambda o, a: o.sum(-1), absorbing_gamma=1.0)

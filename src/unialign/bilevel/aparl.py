@@ -73,10 +73,16 @@ def tanh_gaussian_log_prob(actor: nn.Module, obs: Tensor, actions: Tensor) -> Te
 
 
 def segment_log_prob(actor: nn.Module, seg: SegmentBatch) -> Tensor:
-    """log ρ(σ; θ) up to θ-free dynamics terms: Σ_t log π_θ(a_t|s_t), ``[N]``."""
+    """log ρ(σ; θ) up to θ-free dynamics terms: Σ_t log π_θ(a_t|s_t), ``[N]``.
+
+    Steps padded with the absorbing state after a termination (action exactly 0 in every
+    dimension, see `unialign.control.buffer`) were not chosen by the policy and are left out;
+    a tanh-Gaussian sample is exactly 0 with probability 0, so no real step is dropped.
+    """
     n, h = seg.obs.shape[:2]
     logp = tanh_gaussian_log_prob(actor, seg.obs.reshape(n * h, -1), seg.actions.reshape(n * h, -1))
-    return logp.reshape(n, h).sum(1)
+    chosen = seg.actions.ne(0).any(-1)  # [N, H]
+    return (logp.reshape(n, h) * chosen).sum(1)
 
 
 def gaussian_kl_to_frozen(actor: nn.Module, obs: Tensor) -> Tensor:

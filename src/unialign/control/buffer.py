@@ -15,6 +15,17 @@ Rewards. The *true* reward (the environment's) is stored once and never changes;
 evaluation read it. The *training* reward is what `sample` returns to SAC: the true reward by
 default (the oracle), or ``reward_fn(obs, act)`` after `relabel` (PEBBLE relabels the whole
 buffer after each reward-model update; later `add` calls apply the same function to new rows).
+
+Early termination (absorbing states). In tasks whose episodes *terminate* (InvertedPendulum,
+Hopper), the most informative comparisons are between a segment that survives and one that
+ends: `sample_segments(..., absorbing=True)` also returns windows that run past a termination,
+padded with the absorbing state — the terminal ``next_obs``, a zero action, true reward 0 (the
+environment pays nothing after the end). A reward model trained on such segments learns
+r̂(absorbing); for SAC to see the same thing, `relabel(..., absorbing_gamma=γ)` adds the
+discounted value of staying absorbed forever, ``γ/(1 − γ) · r̂(s_T, 0)``, to the reward of every
+terminated transition (whose target does not bootstrap). This is the absorbing-state treatment
+of Kostrikov et al. 2019 ("Discriminator-Actor-Critic", arXiv 1809.02925, Sec. 4.2). Tasks that
+only truncate are unaffected.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ class ReplayBuffer:
         self._size = 0
         self._next_episode = np.zeros(0, dtype=np.int64)  # per env
         self.reward_fn: RewardFn | None = None
+        self.absorbing_gamma: float | None = None  # see the module docstring
 
     # ------------------------------------------------------------------------- writing
     @property
@@ -107,27 +119,46 @@ class ReplayBuffer:
         else:
             r = self.reward_fn(np.ascontiguousarray(d[:, self._obs]), action)
             d[:, self._rew] = _as_numpy(r).reshape(n)
+            self._add_absorbing_value(d)
         self._episode[rows] = self._next_episode
         self._next_episode += terminated | truncated
         self._ptr = (self._ptr + n) % self._capacity
         self._size = min(self._size + n, self._capacity)
 
     # ------------------------------------------------------------------------ rewards
-    def relabel(self, reward_fn: RewardFn, batch_size: int = 4096) -> None:
+    def relabel(
+        self, reward_fn: RewardFn, batch_size: int = 4096, *, absorbing_gamma: float | None = None
+    ) -> None:
         """Recompute the training reward of every stored transition as ``reward_fn(s, a)``.
 
         Runs in chunks of ``batch_size`` rows; ``reward_fn`` is kept and applied to rows added
-        later, until the next `relabel` or `use_true_rewards`.
+        later, until the next `relabel` or `use_true_rewards`. With ``absorbing_gamma`` = γ,
+        terminated transitions also get ``γ/(1 − γ) · reward_fn(s_T, 0)`` (module docstring).
         """
-        self.reward_fn = reward_fn
+        if absorbing_gamma is not None and not 0 < absorbing_gamma < 1:
+            raise ValueError(f"absorbing_gamma must lie in (0, 1), got {absorbing_gamma}")
+        self.reward_fn, self.absorbing_gamma = reward_fn, absorbing_gamma
         for start in range(0, self._size, batch_size):
             chunk = self._data[start : min(start + batch_size, self._size)]
             obs, act = (np.ascontiguousarray(chunk[:, c]) for c in (self._obs, self._act))
             chunk[:, self._rew] = _as_numpy(reward_fn(obs, act)).reshape(len(chunk))
+            self._add_absorbing_value(chunk)
+
+    def _add_absorbing_value(self, rows: np.ndarray) -> None:
+        """Add ``γ/(1 − γ) · r̂(s_T, 0)`` to the training reward of terminated ``rows`` (in place)."""
+        if self.absorbing_gamma is None or self.reward_fn is None:
+            return
+        term = rows[:, self._done] > 0.5
+        if not term.any():
+            return
+        g = self.absorbing_gamma
+        nxt = np.ascontiguousarray(rows[term][:, self._next])
+        r_abs = _as_numpy(self.reward_fn(nxt, np.zeros((len(nxt), self.act_dim), np.float32)))
+        rows[term, self._rew] += g / (1 - g) * r_abs.reshape(-1)
 
     def use_true_rewards(self) -> None:
         """Train on the environment's rewards (the oracle): copy them, forget any reward_fn."""
-        self.reward_fn = None
+        self.reward_fn, self.absorbing_gamma = None, None
         self._data[: self._size, self._rew] = self._data[: self._size, self._true]
 
     # ----------------------------------------------------------------------- reading
@@ -196,21 +227,67 @@ class ReplayBuffer:
         )
 
     def sample_segments(
-        self, n: int, length: int, device: str | torch.device = "cpu"
+        self,
+        n: int,
+        length: int,
+        device: str | torch.device = "cpu",
+        *,
+        absorbing: bool = False,
     ) -> SegmentBatch:
         """``n`` uniformly drawn windows of ``length`` consecutive steps of one env's episode.
 
-        A window never crosses a reset (it may end on the episode's last step). Raises
-        ``ValueError`` when no such window exists yet.
+        A window never crosses a reset (it may end on the episode's last step). With
+        ``absorbing``, windows that run past a *termination* are drawn too, padded with the
+        absorbing state (module docstring). Raises ``ValueError`` when no window exists yet.
         """
-        valid = self._valid_starts(length)
+        if not absorbing:
+            valid = self._valid_starts(length)
+        else:
+            rows = np.arange(self._size, dtype=np.int64)
+            valid = rows[self._window_ok(rows, length) | self._absorbed_window_ok(rows, length)]
         if valid.size == 0:
             raise ValueError(
                 f"no segment of {length} steps inside one episode yet "
                 f"({self._size} transitions stored over {self.num_envs} envs)"
             )
         starts = valid[self._rng.integers(0, valid.size, size=n)]
-        return self._segments(self._segment_rows(starts, length), starts, device)
+        seg = self._segments(self._segment_rows(starts, length), starts, device)
+        return self._pad_absorbed(seg, starts, length) if absorbing else seg
+
+    def _terminal_offsets(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Per start row: the step k < length of the first terminated transition of the start's
+        episode inside the window, or ``length`` if there is none."""
+        rows = self._segment_rows(starts, length)  # [N, H]
+        same = self._episode[rows] == self._episode[starts][:, None]
+        term = (self._data[rows, self._done] > 0.5) & same
+        return np.where(term.any(1), term.argmax(1), length)
+
+    def _absorbed_window_ok(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Windows with a termination at step k whose steps 0..k are stored (padded after k).
+
+        Steps 0..k are in the start's episode by construction of k; only the range needs
+        checking (no step past the newest one)."""
+        if self._size == 0:
+            return np.zeros(len(starts), dtype=bool)
+        k = self._terminal_offsets(starts, length)
+        n, cap = max(self.num_envs, 1), self._capacity
+        oldest = self._ptr if self._size == cap else 0
+        age = ((starts - oldest) % cap) // n
+        return (k < length) & (age + k <= self._size // n - 1)
+
+    def _pad_absorbed(self, seg: SegmentBatch, starts: np.ndarray, length: int) -> SegmentBatch:
+        k = torch.from_numpy(self._terminal_offsets(starts, length)).to(seg.obs.device)
+        after = torch.arange(length, device=seg.obs.device)[None, :] > k[:, None]  # [N, H]
+        if not bool(after.any()):
+            return seg
+        term_rows = self._segment_rows(starts, length)[
+            np.arange(len(starts)), np.minimum(k.cpu().numpy(), length - 1)
+        ]
+        s_T = torch.from_numpy(self._data[term_rows][:, self._next]).to(seg.obs.device)
+        obs = torch.where(after[..., None], s_T[:, None, :], seg.obs)
+        actions = seg.actions.masked_fill(after[..., None], 0.0)
+        rewards = seg.true_rewards.masked_fill(after, 0.0)
+        return SegmentBatch(obs, actions, rewards, seg.indices)
 
     def segment_at(
         self, indices: np.ndarray | torch.Tensor, length: int, device: str | torch.device = "cpu"

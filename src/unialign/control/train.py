@@ -110,7 +110,7 @@ class ControlRun:
             self.store = FeedbackStore(run_dir / "feedback.sqlite")
             # SAC must never see the true reward: from the first step, stored transitions are
             # labelled by the (still untrained) reward model, and relabelled after each fit
-            self.buffer.relabel(self.reward_model.numpy_reward)
+            self.buffer.relabel(self.reward_model.numpy_reward, absorbing_gamma=cfg.gamma)
         else:
             self.buffer.use_true_rewards()
         self.step = 0
@@ -163,8 +163,9 @@ class ControlRun:
         if n == 0:
             return 0
         pool = n * cfg.pool_factor
-        seg1 = self.buffer.sample_segments(pool, cfg.segment_length)
-        seg2 = self.buffer.sample_segments(pool, cfg.segment_length)
+        # segments may run past a termination, padded with the absorbing state (buffer docs)
+        seg1 = self.buffer.sample_segments(pool, cfg.segment_length, absorbing=True)
+        seg2 = self.buffer.sample_segments(pool, cfg.segment_length, absorbing=True)
         # B-Pref asks its first round uniformly: an untrained ensemble's disagreement is noise
         method = "uniform" if self.store.count_queries() == 0 else cfg.query_selection
         idx = select_queries(seg1, seg2, self.reward_model, n, method, self.rng)
@@ -199,7 +200,7 @@ class ControlRun:
         if cfg.algo == "aparl" and cfg.aparl_steps > 0:
             metrics.update(self.aparl_updates(seg1, seg2, labels))
         self.last_metrics.update(metrics)
-        self.buffer.relabel(self.reward_model.numpy_reward)
+        self.buffer.relabel(self.reward_model.numpy_reward, absorbing_gamma=cfg.gamma)
 
     def aparl_updates(
         self, seg1: SegmentBatch, seg2: SegmentBatch, labels: torch.Tensor
@@ -289,7 +290,9 @@ class ControlRun:
             self.reward_model.load_state_dict(state["reward_model"])
             self.reward_model.optimizer.load_state_dict(state["reward_optimizer"])
             self.entropy_reward.load_state_dict(state["entropy_reward"])
-            self.buffer.reward_fn = self.reward_model.numpy_reward  # for rows added from now on
+            # for rows added from now on (stored rows keep their saved training rewards)
+            self.buffer.reward_fn = self.reward_model.numpy_reward
+            self.buffer.absorbing_gamma = self.cfg.gamma
             self.schedule.load_state_dict(state["schedule"])
             self.teacher.load_state_dict(state["teacher"])
         self.last_metrics = dict(state["last_metrics"])
