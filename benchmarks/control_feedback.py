@@ -12,7 +12,7 @@ reports per method:
 
 Writes ``benchmarks/results/control_feedback.json`` (with the command line) and a PNG of the
 normalised learning curves. Tiers: ``cpu`` (Pendulum-v1, InvertedPendulum-v5,
-InvertedDoublePendulum-v5) and ``gpu`` (dmc:walker-walk, metaworld:door-open-v3), sized for
+Reacher-v5) and ``gpu`` (dmc:walker-walk, metaworld:door-open-v3), sized for
 one 10-minute GPU run with seeds in parallel.
 
     python benchmarks/control_feedback.py --tier cpu --seeds 5 --workers 2
@@ -54,7 +54,7 @@ TIERS: dict[str, dict[str, dict]] = {
             eval_every=1_000,
         ),
         "InvertedPendulum-v5": dict(
-            total_steps=8_000,
+            total_steps=15_000,
             random_steps=1_000,
             unsup_steps=1_000,
             hidden=[128, 128],
@@ -62,23 +62,23 @@ TIERS: dict[str, dict[str, dict]] = {
             lr=1e-3,
             max_queries=200,
             queries_per_round=20,
-            feedback_interval=500,
+            feedback_interval=1_000,
             segment_length=25,
             reward_hidden=[64, 64],
             reward_lr=1e-3,
             reward_epochs=20,
             aparl_steps=5,
-            eval_every=1_000,
+            eval_every=1_500,
         ),
-        "InvertedDoublePendulum-v5": dict(
+        "Reacher-v5": dict(
             total_steps=15_000,
             random_steps=1_000,
             unsup_steps=1_000,
             hidden=[128, 128],
             batch_size=128,
             lr=1e-3,
-            max_queries=400,
-            queries_per_round=40,
+            max_queries=300,
+            queries_per_round=30,
             feedback_interval=1_000,
             segment_length=25,
             reward_hidden=[64, 64],
