@@ -50,7 +50,12 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
     for name, info in model.model_fields.items():
         ann = info.annotation
         help_text = (info.description or "").replace("%", "%%")
-        default = info.default if info.default is not None else None
+        if info.is_required():
+            default = "required"
+        elif info.default_factory is not None:
+            default = info.default_factory()
+        else:
+            default = info.default
         if ann is bool:
             group.add_argument(
                 _flag(name),
