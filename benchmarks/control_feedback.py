@@ -32,61 +32,24 @@ from pathlib import Path
 
 import numpy as np
 
+from unialign.control.demo import PENDULUM_BUDGET
+
 # Per-environment budgets. Shared keys apply to every method; feedback keys only to
 # pebble/aparl. Sizes follow what fits the tier's time, not the papers' budgets.
+# Short-episode MuJoCo tasks share one budget; the Pendulum budget is the demo's.
+_MUJOCO_CPU = dict(
+    PENDULUM_BUDGET,
+    total_steps=15_000,
+    max_queries=200,
+    queries_per_round=20,
+    feedback_interval=1_000,
+    eval_every=1_500,
+)
 TIERS: dict[str, dict[str, dict]] = {
     "cpu": {
-        "Pendulum-v1": dict(
-            total_steps=8_000,
-            random_steps=1_000,
-            unsup_steps=1_000,
-            hidden=[128, 128],
-            batch_size=128,
-            lr=1e-3,
-            max_queries=300,
-            queries_per_round=30,
-            feedback_interval=500,
-            segment_length=25,
-            reward_hidden=[64, 64],
-            reward_lr=1e-3,
-            reward_epochs=20,
-            aparl_steps=5,
-            eval_every=1_000,
-        ),
-        "InvertedPendulum-v5": dict(
-            total_steps=15_000,
-            random_steps=1_000,
-            unsup_steps=1_000,
-            hidden=[128, 128],
-            batch_size=128,
-            lr=1e-3,
-            max_queries=200,
-            queries_per_round=20,
-            feedback_interval=1_000,
-            segment_length=25,
-            reward_hidden=[64, 64],
-            reward_lr=1e-3,
-            reward_epochs=20,
-            aparl_steps=5,
-            eval_every=1_500,
-        ),
-        "Reacher-v5": dict(
-            total_steps=15_000,
-            random_steps=1_000,
-            unsup_steps=1_000,
-            hidden=[128, 128],
-            batch_size=128,
-            lr=1e-3,
-            max_queries=300,
-            queries_per_round=30,
-            feedback_interval=1_000,
-            segment_length=25,
-            reward_hidden=[64, 64],
-            reward_lr=1e-3,
-            reward_epochs=20,
-            aparl_steps=5,
-            eval_every=1_500,
-        ),
+        "Pendulum-v1": PENDULUM_BUDGET,
+        "InvertedPendulum-v5": _MUJOCO_CPU,
+        "Reacher-v5": dict(_MUJOCO_CPU, max_queries=300, queries_per_round=30),
     },
     "gpu": {
         "dmc:walker-walk": dict(

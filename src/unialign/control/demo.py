@@ -15,6 +15,26 @@ from rich.console import Console
 
 from unialign.control.config import ControlConfig
 
+#: The demo's budget on Pendulum-v1 (also the CPU tier of benchmarks/control_feedback.py):
+#: sized for about a minute and a half per run on two CPU cores.
+PENDULUM_BUDGET: dict = dict(
+    total_steps=8_000,
+    random_steps=1_000,
+    unsup_steps=1_000,
+    hidden=[128, 128],
+    batch_size=128,
+    lr=1e-3,
+    max_queries=300,
+    queries_per_round=30,
+    feedback_interval=500,
+    segment_length=25,
+    reward_hidden=[64, 64],
+    reward_lr=1e-3,
+    reward_epochs=20,
+    aparl_steps=5,
+    eval_every=1_000,
+)
+
 
 def demo_config(out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> ControlConfig:
     """The demo's configuration (``quick`` shrinks it to a smoke test of a few seconds)."""
@@ -23,21 +43,7 @@ def demo_config(out_dir: str | Path, *, seed: int = 0, quick: bool = False) -> C
         algo="aparl",
         seed=seed,
         output_dir=str(out_dir),
-        total_steps=8_000,
-        random_steps=1_000,
-        unsup_steps=1_000,
-        hidden=[128, 128],
-        batch_size=128,
-        lr=1e-3,
-        max_queries=300,
-        queries_per_round=30,
-        feedback_interval=500,
-        segment_length=25,
-        reward_hidden=[64, 64],
-        reward_lr=1e-3,
-        reward_epochs=20,
-        aparl_steps=5,
-        eval_every=1_000,
+        **PENDULUM_BUDGET,
         eval_episodes=3,
         checkpoint_every=2_000,
         log_every=500,

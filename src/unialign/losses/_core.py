@@ -29,7 +29,15 @@ __all__ = [
     "check_positive",
     "check_in_range",
     "check_tensors",
+    "present_tensors",
 ]
+
+
+def present_tensors(batch: object) -> dict[str, Tensor]:
+    """The tensor fields of a batch dataclass that are not ``None``, by field name."""
+    return {
+        f.name: getattr(batch, f.name) for f in fields(batch) if getattr(batch, f.name) is not None
+    }
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,7 @@ class PairedLogps:
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensors that are present, by field name."""
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
-        }
+        return present_tensors(self)
 
 
 @dataclass(frozen=True)
@@ -103,9 +109,8 @@ class UnpairedLogps:
     tokens: Tensor | None = None
 
     def tensors(self) -> dict[str, Tensor]:
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
-        }
+        """The tensors that are present, by field name."""
+        return present_tensors(self)
 
 
 LossKind = Literal[

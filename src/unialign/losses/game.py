@@ -10,7 +10,7 @@ Formulas, papers and what was checked: ``docs/losses-game.md``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -22,14 +22,9 @@ from unialign.losses._core import (
     check_positive,
     check_tensors,
     compute_dtype,
+    present_tensors,
 )
 from unialign.losses.direct import sigmoid
-
-
-def _present(batch) -> dict[str, Tensor]:
-    return {
-        f.name: getattr(batch, f.name) for f in fields(batch) if getattr(batch, f.name) is not None
-    }
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class SelfPlayLogps:
     win_rate: Tensor
 
     def tensors(self) -> dict[str, Tensor]:
-        return _present(self)
+        return present_tensors(self)
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,7 @@ class IterateLogps:
     ref_rejected: Tensor | None = None
 
     def tensors(self) -> dict[str, Tensor]:
-        return _present(self)
+        return present_tensors(self)
 
 
 def sppo(batch: SelfPlayLogps, *, eta: float = 1000.0) -> LossOutput:
