@@ -101,3 +101,10 @@ def test_demo_command_quick(tmp_path):
         assert (out / name).exists(), name
     # running it again starts a fresh run rather than failing on the finished one
     assert main(["demo", "--quick", "--out", str(out), "--no-oracle"]) == 0
+
+
+def test_parallel_environments(tmp_path):
+    """Two environments stepped together: steps count both, feedback and resume still work."""
+    cfg = _tiny(tmp_path, "vec", algo="pebble", num_envs=2)
+    summary = train_control(cfg)
+    assert summary["env_steps"] == cfg.total_steps and summary["queries_used"] == 20
