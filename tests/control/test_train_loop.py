@@ -104,7 +104,7 @@ def test_demo_command_quick(tmp_path):
 
 
 def test_parallel_environments(tmp_path):
-    """Two environments stepped together: steps count both, feedback and resume still work."""
+    """Two environments stepped together: steps count both, and the feedback schedule holds."""
     cfg = _tiny(tmp_path, "vec", algo="pebble", num_envs=2)
     summary = train_control(cfg)
     assert summary["env_steps"] == cfg.total_steps and summary["queries_used"] == 20
