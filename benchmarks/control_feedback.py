@@ -45,6 +45,23 @@ _MUJOCO_CPU = dict(
     feedback_interval=1_000,
     eval_every=1_500,
 )
+# GPU tier: B-Pref-like networks, seeds in parallel, sized for one 10-minute GPU run.
+_GPU = dict(
+    total_steps=30_000,
+    random_steps=2_000,
+    unsup_steps=3_000,
+    hidden=[256, 256],
+    batch_size=256,
+    lr=5e-4,
+    max_queries=500,
+    queries_per_round=50,
+    feedback_interval=2_500,
+    segment_length=50,
+    reward_epochs=20,
+    aparl_steps=5,
+    eval_every=3_000,
+    device="cuda",
+)
 TIERS: dict[str, dict[str, dict]] = {
     "cpu": {
         "Pendulum-v1": PENDULUM_BUDGET,
@@ -52,38 +69,8 @@ TIERS: dict[str, dict[str, dict]] = {
         "Reacher-v5": dict(_MUJOCO_CPU, max_queries=300, queries_per_round=30),
     },
     "gpu": {
-        "dmc:walker-walk": dict(
-            total_steps=30_000,
-            random_steps=2_000,
-            unsup_steps=3_000,
-            hidden=[256, 256],
-            batch_size=256,
-            lr=5e-4,
-            max_queries=500,
-            queries_per_round=50,
-            feedback_interval=2_500,
-            segment_length=50,
-            reward_epochs=20,
-            aparl_steps=5,
-            eval_every=3_000,
-            device="cuda",
-        ),
-        "metaworld:door-open-v3": dict(
-            total_steps=30_000,
-            random_steps=2_000,
-            unsup_steps=3_000,
-            hidden=[256, 256],
-            batch_size=256,
-            lr=3e-4,
-            max_queries=1_000,
-            queries_per_round=100,
-            feedback_interval=2_500,
-            segment_length=50,
-            reward_epochs=20,
-            aparl_steps=5,
-            eval_every=3_000,
-            device="cuda",
-        ),
+        "dmc:walker-walk": _GPU,
+        "metaworld:door-open-v3": dict(_GPU, lr=3e-4, max_queries=1_000, queries_per_round=100),
     },
 }
 METHODS = ("oracle", "pebble", "aparl")
