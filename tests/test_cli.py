@@ -46,3 +46,11 @@ def test_readme_names_the_two_commands_ci_runs():
     assert "make demo" in text and "make test" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_bad_environment_is_a_clean_error(tmp_path, capsys):
+    """A discrete-action env id: exit 2, a one-line reason, nothing written."""
+    out = tmp_path / "run"
+    assert main(["train", "control", "--env", "CartPole-v1", "--output-dir", str(out)]) == 2
+    assert "continuous Box action space" in capsys.readouterr().err
+    assert not out.exists()

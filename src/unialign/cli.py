@@ -14,6 +14,7 @@ field of a config is also a ``--flag`` that overrides the file.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -131,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"unialign: configuration error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # bad input: the message names the file, field or parameter
+        if os.environ.get("UNIALIGN_DEBUG"):
+            raise
+        print(f"unialign: error: {e}\n(set UNIALIGN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unialign: interrupted", file=sys.stderr)

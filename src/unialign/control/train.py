@@ -346,6 +346,7 @@ def train_control(
     """
     from unialign.control.report import ProgressReporter, plot_learning_curve
 
+    env_dims(cfg.env)  # an unknown id or a discrete action space fails before anything is written
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
