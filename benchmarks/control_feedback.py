@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from unialign.control.demo import PENDULUM_BUDGET
 
@@ -228,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every step budget (quick looks)"
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override config fields for every run (ablations), e.g. --set aparl_weight=0",
+    )
     p.add_argument("--runs-dir", default="runs/bench_control")
     p.add_argument("--out", default="benchmarks/results/control_feedback.json")
     args = p.parse_args(argv)
@@ -237,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for env in envs:
         over = dict(tier[env])
+        for item in args.set:
+            key, _, value = item.partition("=")
+            over[key] = yaml.safe_load(value)
         for k in ("total_steps", "random_steps", "unsup_steps", "feedback_interval", "eval_every"):
             over[k] = max(1, int(over[k] * args.scale))
         for algo in args.methods:
@@ -278,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             "ci95": "half-width of the t-interval over seeds",
         },
         "budgets": {env: tier[env] for env in envs},
+        "overrides": args.set,
         "results": summarise(runs, random_returns),
         "runs": runs,
     }

@@ -111,6 +111,11 @@ class ControlConfig(BaseModel):
     aparl_damping: float = Field(
         0.01, ge=0, description="damping λ added to the lower-level Hessian (H + λI)"
     )
+    aparl_weight: float = Field(
+        1.0,
+        ge=0,
+        description="scale of the implicit (distribution-shift) term; 0 keeps only the BT gradient in the aparl_steps updates (an ablation)",
+    )
     aparl_states: int = Field(
         256, ge=1, description="replay states used to form the lower-level objective"
     )

@@ -228,6 +228,7 @@ class ControlRun:
                 alpha=float(self.agent.alpha),
                 cg_iters=cfg.aparl_cg_iters,
                 damping=cfg.aparl_damping,
+                correction_weight=cfg.aparl_weight,
             )
             opt.zero_grad(set_to_none=True)
             for p, g in zip(params, grads):
