@@ -3,14 +3,16 @@
 Families (one module and one docs page each):
 
 - :mod:`unialign.losses.direct` — direct alignment from preference pairs (DPO and relatives),
-  reference-free objectives (SimPO, CPO, ORPO) and unpaired KTO.
+  with its sibling modules :mod:`~unialign.losses.reference_free` (SimPO, CPO, ORPO),
+  :mod:`~unialign.losses.unpaired` (KTO) and :mod:`~unialign.losses.listwise` (MPO, LiPO,
+  CoPG); all share one docs page.
 - :mod:`unialign.losses.reward` — reward models: Bradley–Terry, ensembles, transforms.
 - :mod:`unialign.losses.game` — squared-loss game-theoretic objectives (SPPO, INPO, DNO).
 
 ``REGISTRY`` maps the names used in configs and on the command line to :class:`LossSpec`.
 """
 
-from unialign.losses import direct, game, reward
+from unialign.losses import direct, game, listwise, reference_free, reward, unpaired
 from unialign.losses._core import (
     LossOutput,
     LossSpec,
@@ -19,7 +21,7 @@ from unialign.losses._core import (
 )
 
 REGISTRY: dict[str, LossSpec] = {}
-for _module in (direct, reward, game):
+for _module in (direct, reference_free, unpaired, listwise, reward, game):
     for _spec in _module.SPECS:
         if _spec.name in REGISTRY:
             raise RuntimeError(f"duplicate objective name {_spec.name!r}")
