@@ -53,6 +53,7 @@ def _device(name: str) -> torch.device:
 
 
 def _take(seg: SegmentBatch, idx: np.ndarray) -> SegmentBatch:
+    """The segments at positions ``idx`` (a CPU index works for tensors on any device)."""
     i = torch.as_tensor(idx, dtype=torch.long)
     return SegmentBatch(seg.obs[i], seg.actions[i], seg.true_rewards[i], seg.indices[i])
 
@@ -221,8 +222,8 @@ class ControlRun:
             grads, diag = aparl_reward_gradient(
                 self.reward_model,
                 self.agent.actor,
-                _take(seg1, take) if seg1.obs.device.type == "cpu" else self._index(seg1, t),
-                _take(seg2, take) if seg2.obs.device.type == "cpu" else self._index(seg2, t),
+                _take(seg1, take),
+                _take(seg2, take),
                 labels[t],
                 obs_for_lower=states,
                 alpha=float(self.agent.alpha),
@@ -246,10 +247,6 @@ class ControlRun:
     def _to_device(self, seg: SegmentBatch) -> SegmentBatch:
         d = self.device
         return SegmentBatch(seg.obs.to(d), seg.actions.to(d), seg.true_rewards.to(d), seg.indices)
-
-    @staticmethod
-    def _index(seg: SegmentBatch, t: torch.Tensor) -> SegmentBatch:
-        return SegmentBatch(seg.obs[t], seg.actions[t], seg.true_rewards[t], seg.indices[t.cpu()])
 
     def queries_used(self) -> int:
         return self.store.count_queries() if self.learns_reward else 0
