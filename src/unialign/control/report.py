@@ -5,14 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from unialign.runlog import progress_bar
 
 
 class ProgressReporter:
@@ -22,19 +15,14 @@ class ProgressReporter:
         self.enabled = enabled
         self.total = total
         self.title = title
-        self.progress: Progress | None = None
+        self.progress = None
         self.task = None
 
     def start(self, completed: int = 0) -> None:
         if not self.enabled:
             return
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("return {task.fields[ret]}  queries {task.fields[queries]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+        self.progress = progress_bar(
+            self.title, fields="return {task.fields[ret]}  queries {task.fields[queries]}"
         )
         self.progress.start()
         self.task = self.progress.add_task(

@@ -38,6 +38,7 @@ from unialign.control.sac import SAC, SACConfig, evaluate
 from unialign.control.types import SegmentBatch
 from unialign.feedback.store import FeedbackStore
 from unialign.feedback.teachers import Teacher, TeacherConfig, mean_segment_return
+from unialign.runlog import MetricsLog
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -301,28 +302,6 @@ class ControlRun:
             self.store.close()
 
 
-class _MetricsLog:
-    """Append-only JSONL metrics; on resume it is truncated to the checkpoint's byte offset."""
-
-    def __init__(self, path: Path, offset: int | None) -> None:
-        self.path = path
-        mode = "a" if path.exists() else "w"
-        self.file = path.open(mode)
-        if offset is not None:
-            self.file.truncate(offset)
-            self.file.seek(offset)
-
-    def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-
-    def offset(self) -> int:
-        return self.file.tell()
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def _crossed(prev: int, step: int, every: int) -> bool:
     """True when the step counter passed a multiple of ``every`` since ``prev``."""
     return step // every > prev // every
@@ -371,7 +350,12 @@ def train_control(
         saved = torch.load(ckpt_path, weights_only=False)
         run.load_state_dict(saved["run"])
         metrics_offset = saved["metrics_offset"]
-    log = _MetricsLog(run_dir / "metrics.jsonl", metrics_offset)
+    log = MetricsLog(
+        run_dir / "metrics.jsonl",
+        offset=metrics_offset,
+        tensorboard_dir=run_dir / "tensorboard",
+        start_step=run.step,
+    )
 
     interrupted = {"flag": False}
 
@@ -401,7 +385,6 @@ def train_control(
                 and eval_row["step"] == run.step
             ):
                 row = {
-                    "step": run.step,
                     "feedback/queries": run.queries_used(),
                     "feedback/labels": run.labels_used(),
                 }
@@ -410,7 +393,7 @@ def train_control(
                 row.update({k: float(v) for k, v in run.last_metrics.items()})
                 if eval_row.get("step") == run.step:
                     row.update({k: v for k, v in eval_row.items() if k != "step"})
-                log.write(row)
+                log.write(run.step, row)
             if run.step % 50 < run.runner.num_envs:  # refreshing the bar every step costs time
                 reporter.update(run.step, eval_row.get("eval/true_return"), run.queries_used())
             stop = interrupted["flag"] or (stop_after is not None and run.step >= stop_after)

@@ -52,6 +52,7 @@ from unialign.lm.refcache import (
     fingerprint,
 )
 from unialign.losses import LossOutput, PairedLogps, UnpairedLogps
+from unialign.runlog import MetricsLog, progress_bar
 
 __all__ = ["train_lm", "Examples", "load_examples", "evaluate"]
 
@@ -295,56 +296,6 @@ class _StopOnSignal:
             signal.signal(s, old)
 
 
-class _MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line) and TensorBoard when it imports."""
-
-    def __init__(self, out: Path, *, main: bool, offset: int | None, start_step: int):
-        self.path, self.main, self.tb = out / "metrics.jsonl", main, None
-        if not main:
-            return
-        with open(self.path, "a+b") as f:  # drop lines written after the checkpoint
-            f.truncate(offset or 0)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
-        except ImportError:
-            pass
-
-    def write(self, step: int, values: dict) -> None:
-        if not self.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-
-    def offset(self) -> int:
-        return self.path.stat().st_size if self.main and self.path.exists() else 0
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _progress(total: int, start: int, enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    p = Progress(
-        TextColumn("[bold]train lm"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled,
-    )  # fmt: skip
-    return p, p.add_task("steps", total=total, completed=start, info="")
-
-
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +370,8 @@ def train_lm(
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator=acc, model=policy, optimizer=optimizer,
                                 scheduler=scheduler)  # fmt: skip
-    log = _MetricsLog(out, main=main, offset=state.metrics_offset, start_step=state.step)
+    log = MetricsLog(out / "metrics.jsonl", offset=state.metrics_offset, enabled=main,
+                     tensorboard_dir=out / "tensorboard", start_step=state.step)  # fmt: skip
 
     def checkpoint() -> Path:
         state.metrics_offset = log.offset()
@@ -433,7 +385,8 @@ def train_lm(
 
     # the optimization loop ----------------------------------------------------------------
     model.train()
-    progress, task = _progress(total_steps, state.step, main)
+    progress = progress_bar("train lm", enabled=main, fields="{task.fields[info]}")
+    task = progress.add_task("steps", total=total_steps, completed=state.step, info="")
     interrupted, last, eval_metrics = False, {}, {}
     with _StopOnSignal() as stop, progress:
         while state.step < total_steps:
