@@ -339,19 +339,25 @@ def compute_reference_logps(
     Returns:
         ``(ref_chosen [N], ref_rejected [N])`` float32 on the CPU.
     """
+    logps = _reference_pass(
+        model,
+        pair_sequences(pairs),
+        disable_adapter=disable_adapter,
+        max_tokens_per_row=max_tokens_per_row,
+        pad_id=pad_id,
+        rows_per_step=rows_per_step,
+        chunk_size=chunk_size,
+        temperature=temperature,
+        progress=progress,
+    )
+    return logps[0::2].clone(), logps[1::2].clone()
+
+
+def _reference_pass(model: Any, seqs: list, *, disable_adapter: bool, **score_kw: Any) -> Tensor:
+    """Score ``seqs`` in eval mode without grad (adapters off when asked): ``[S]`` float32."""
     ctx = adapter_disabled(model) if disable_adapter else contextlib.nullcontext()
     with ctx, _eval_mode(model), torch.no_grad():
-        logps = _score_sequences(
-            model,
-            pair_sequences(pairs),
-            max_tokens_per_row=max_tokens_per_row,
-            pad_id=pad_id,
-            rows_per_step=rows_per_step,
-            chunk_size=chunk_size,
-            temperature=temperature,
-            progress=progress,
-        )
-    return logps[0::2].clone(), logps[1::2].clone()
+        return _score_sequences(model, seqs, **score_kw)
 
 
 def compute_reference_logps_unpaired(
@@ -367,15 +373,14 @@ def compute_reference_logps_unpaired(
     progress: bool = True,
 ) -> Tensor:
     """:func:`compute_reference_logps` for unpaired examples: ``[N]`` float32."""
-    ctx = adapter_disabled(model) if disable_adapter else contextlib.nullcontext()
-    with ctx, _eval_mode(model), torch.no_grad():
-        return _score_sequences(
-            model,
-            unpaired_sequences(examples),
-            max_tokens_per_row=max_tokens_per_row,
-            pad_id=pad_id,
-            rows_per_step=rows_per_step,
-            chunk_size=chunk_size,
-            temperature=temperature,
-            progress=progress,
-        )
+    return _reference_pass(
+        model,
+        unpaired_sequences(examples),
+        disable_adapter=disable_adapter,
+        max_tokens_per_row=max_tokens_per_row,
+        pad_id=pad_id,
+        rows_per_step=rows_per_step,
+        chunk_size=chunk_size,
+        temperature=temperature,
+        progress=progress,
+    )
