@@ -279,7 +279,7 @@ class ReplayBuffer:
         k = torch.from_numpy(self._terminal_offsets(starts, length)).to(seg.obs.device)
         after = torch.arange(length, device=seg.obs.device)[None, :] > k[:, None]  # [N, H]
         if not bool(after.any()):
-            return seg
+            return SegmentBatch(seg.obs, seg.actions, seg.true_rewards, seg.indices, after)
         term_rows = self._segment_rows(starts, length)[
             np.arange(len(starts)), np.minimum(k.cpu().numpy(), length - 1)
         ]
@@ -287,7 +287,7 @@ class ReplayBuffer:
         obs = torch.where(after[..., None], s_T[:, None, :], seg.obs)
         actions = seg.actions.masked_fill(after[..., None], 0.0)
         rewards = seg.true_rewards.masked_fill(after, 0.0)
-        return SegmentBatch(obs, actions, rewards, seg.indices)
+        return SegmentBatch(obs, actions, rewards, seg.indices, after)
 
     def segment_at(
         self, indices: np.ndarray | torch.Tensor, length: int, device: str | torch.device = "cpu"

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from unialign.feedback.types import SegmentBatch
+
+__all__ = ["TransitionBatch", "SegmentBatch"]
+
 
 @dataclass(frozen=True)
 class TransitionBatch:
@@ -25,28 +29,3 @@ class TransitionBatch:
     rewards: Tensor
     next_obs: Tensor
     dones: Tensor
-
-
-@dataclass(frozen=True)
-class SegmentBatch:
-    """Trajectory segments σ = (s₁, a₁, …, s_H, a_H) of length H from single episodes.
-
-    Attributes:
-        obs: ``[N, H, obs_dim]``.
-        actions: ``[N, H, act_dim]``.
-        true_rewards: ``[N, H]`` the environment's reward (what simulated teachers see).
-        indices: ``[N]`` long, replay-buffer index of each segment's first transition
-            (lets the feedback store refer to a segment without copying it).
-    """
-
-    obs: Tensor
-    actions: Tensor
-    true_rewards: Tensor
-    indices: Tensor
-
-    @property
-    def length(self) -> int:
-        return int(self.obs.shape[1])
-
-    def __len__(self) -> int:
-        return int(self.obs.shape[0])

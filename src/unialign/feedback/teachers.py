@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unialign.control.types import SegmentBatch
+from unialign.feedback.types import SegmentBatch
 
 __all__ = [
     "TEACHER_KINDS",
