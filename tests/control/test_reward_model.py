@@ -1,7 +1,6 @@
 """Reward ensemble: segment returns, the Bradley–Terry objective by hand, learning, plumbing."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -98,8 +97,7 @@ def test_loss_gradient_reaches_every_member():
 
 def test_training_learns_a_linear_reward_from_oracle_preferences():
     """True r(s, a) = w·s + v·a; 600 oracle-labelled pairs of 10-step segments; held-out
-    preference accuracy must exceed 90 % within a few seconds on one CPU thread (measured:
-    0.97 in 1.7 s). The output is left linear (``none``): a tanh-bounded r̂ cannot represent an
+    preference accuracy must exceed 90 % after 20 epochs (measured: 0.97). The output is left linear (``none``): a tanh-bounded r̂ cannot represent an
     unbounded linear reward, and deterministic labels push it into saturation (≈ 0.91 here).
     """
     gen = torch.Generator().manual_seed(0)
@@ -114,17 +112,14 @@ def test_training_learns_a_linear_reward_from_oracle_preferences():
     train1, train2, train_y = pairs(600)
     test1, test2, test_y = pairs(1000)
     ens = RewardEnsemble(obs_dim, act_dim, hidden=(32, 32), lr=3e-3, output_activation="none")
-    start = time.perf_counter()
     metrics = ens.train_epochs(
         train1, train2, train_y, epochs=20, batch_size=128, rng=np.random.default_rng(0)
     )
-    elapsed = time.perf_counter() - start
     with torch.no_grad():
         pred = (ens.preference_probs(test1, test2).mean(0) > 0.5).float()
     accuracy = (pred == test_y).float().mean().item()
     assert accuracy > 0.9, accuracy
     assert metrics["reward_model/accuracy"] > 0.9 and metrics["reward_model/epochs"] == 20
-    assert elapsed < 15, elapsed
 
 
 def test_target_accuracy_stops_early_and_training_is_reproducible():

@@ -3,9 +3,9 @@
 Christiano et al. 2017 (arXiv 1706.03741) and PEBBLE (Lee, Smith & Abbeel 2021,
 arXiv 2106.05091, Eq. 4): with segment returns ``R̂_k(σ) = Σ_t r̂_k(s_t, a_t)`` each member k
 models ``P_k(σ¹ ≻ σ²) = σ(R̂_k(σ¹) − R̂_k(σ²))`` and minimizes the Bradley–Terry cross-entropy
-against the label y ∈ {0, ½, 1} — :func:`unialign.losses.reward.preference_cross_entropy`, the
-objective library's loss (no private copy here). The ensemble's loss is the sum of the
-members' mean losses; SAC trains on the members' mean reward.
+against the label y ∈ {0, ½, 1}. The ensemble's loss, the sum of the members' mean losses, is
+:func:`unialign.losses.reward.ensemble_preference_cross_entropy` — the objective library's one
+copy, also used by A-PARL (no private copy here). SAC trains on the members' mean reward.
 
 The members are one :class:`~unialign.control.nets.EnsembleMLP` (stacked weights, one batched
 matmul per layer) followed by the output activation (PEBBLE: tanh, bounding r̂ to [−1, 1]).
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from unialign.control.nets import EnsembleMLP
 from unialign.control.types import SegmentBatch
-from unialign.losses.reward import preference_cross_entropy
+from unialign.losses.reward import ensemble_preference_cross_entropy
 
 __all__ = ["RewardEnsemble"]
 
@@ -133,26 +133,18 @@ class RewardEnsemble(nn.Module):
         (e.g. bootstrap resamples); a member with no selected pair contributes 0.
         """
         r1, r2 = self.segment_returns(seg1), self.segment_returns(seg2)
-        labels = labels.to(r1.device, r1.dtype)
-        if member_mask is not None and member_mask.shape != r1.shape:
-            raise ValueError(
-                f"member_mask must be [K, N] = {tuple(r1.shape)}, got {tuple(member_mask.shape)}"
-            )
-        total = r1.new_zeros(())
-        accs = []
-        for k in range(self.ensemble_size):
-            out = preference_cross_entropy(r1[k], r2[k], labels)
-            if member_mask is None:
-                total = total + out.losses.mean()
-                accs.append(out.metrics["preference/accuracy"].mean())
-            else:
-                m = member_mask[k].to(out.losses.dtype)
-                count = m.sum().clamp_min(1.0)
-                total = total + (out.losses * m).sum() / count
-                accs.append((out.metrics["preference/accuracy"] * m).sum() / count)
+        mask = None if member_mask is None else member_mask.to(r1.device)
+        out = ensemble_preference_cross_entropy(
+            r1, r2, labels.to(r1.device, r1.dtype), member_mask=mask
+        )
+        total = out.losses.sum()
+        acc = out.metrics["preference/accuracy"]
+        if mask is not None:
+            m = mask.to(acc.dtype)
+            acc = (acc * m).sum(1) / m.sum(1).clamp_min(1.0)
         metrics = {
             "reward_model/loss": float(total.detach()) / self.ensemble_size,
-            "reward_model/accuracy": float(torch.stack(accs).mean()),
+            "reward_model/accuracy": float(acc.mean()),
         }
         return total, metrics
 
@@ -194,14 +186,11 @@ class RewardEnsemble(nn.Module):
                 idx = perms[:, start : start + batch_size]  # [K, b]: member k's minibatch
                 ret1 = self._member_returns(o1[idx], a1[idx])
                 ret2 = self._member_returns(o2[idx], a2[idx])
-                total = ret1.new_zeros(())
-                for k in range(self.ensemble_size):
-                    out = preference_cross_entropy(ret1[k], ret2[k], y[idx[k]])
-                    total = total + out.losses.mean()
-                    loss_sum += out.losses.detach().sum()
-                    correct += out.metrics["preference/accuracy"].sum()
+                out = ensemble_preference_cross_entropy(ret1, ret2, y[idx])
+                loss_sum += out.metrics["preference/pair_loss"].sum()
+                correct += out.metrics["preference/accuracy"].sum()
                 self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                out.losses.sum().backward()
                 self.optimizer.step()
             accuracy = float(correct) / (n * self.ensemble_size)
             metrics = {

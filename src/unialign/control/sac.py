@@ -110,20 +110,42 @@ class SquashedGaussianActor(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Reparameterized sample ``a = tanh(μ + σ ε)``, ``ε ~ N(0, I)``, and ``log π(a|s)``.
 
-        Returns ``action [B, act_dim]`` and ``log_prob [B]``, both differentiable w.r.t. the
-        actor's parameters. With ``u = μ + σ ε`` (so ``(u − μ)/σ = ε`` exactly)::
-
-            log π(a|s) = Σ_i [ −ε_i²/2 − log σ_i − ½ log 2π − log(1 − tanh² u_i) ]
-
-        and ``log(1 − tanh² u) = 2 (log 2 − u − softplus(−2u))`` (exact and stable for large
-        ``|u|``, where the common ``log(1 − a² + 1e-6)`` saturates).
+        Returns ``action [B, act_dim]`` and ``log_prob [B]`` (:func:`tanh_gaussian_log_prob`),
+        both differentiable w.r.t. the actor's parameters.
         """
         mean, log_std = self.forward(obs)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         u = mean + log_std.exp() * eps
-        log_det = 2.0 * (_LOG2 - u - F.softplus(-2.0 * u))
-        log_prob = (-0.5 * eps.square() - log_std - log_det).sum(-1) - self.act_dim * _HALF_LOG_2PI
-        return torch.tanh(u), log_prob
+        return torch.tanh(u), tanh_gaussian_log_prob(u, eps, log_std)
+
+    def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """``log π(a|s)`` of given actions in (−1, 1), ``[B]`` (e.g. stored replay actions).
+
+        ``u = atanh(a)`` with ``a`` clipped to ``±(1 − ACTION_CLIP)`` so actions that saturated
+        tanh in float32 stay finite; then :func:`tanh_gaussian_log_prob` with ``ε = (u − μ)/σ``.
+        """
+        mean, log_std = self.forward(obs)
+        u = torch.atanh(actions.clamp(-1 + ACTION_CLIP, 1 - ACTION_CLIP))
+        return tanh_gaussian_log_prob(u, (u - mean) * torch.exp(-log_std), log_std)
+
+
+#: Stored actions are clipped to ±(1 − ACTION_CLIP) before ``atanh`` (float32 tanh saturates).
+ACTION_CLIP = 1e-6
+
+
+def tanh_gaussian_log_prob(u: Tensor, eps: Tensor, log_std: Tensor) -> Tensor:
+    """Log-density of ``a = tanh(u)``, ``u ~ N(μ, σ²)`` (diagonal), summed over the last axis.
+
+    With ``ε = (u − μ)/σ`` (1801.01290, Appendix C, Eq. 21)::
+
+        log π(a|s) = Σ_i [ −ε_i²/2 − log σ_i − ½ log 2π − log(1 − tanh² u_i) ]
+
+    and ``log(1 − tanh² u) = 2 (log 2 − u − softplus(−2u))``: exact, and stable for large
+    ``|u|``, where the common ``log(1 − a² + 1e-6)`` saturates. The one copy of this density in
+    unialign (the actor's samples, stored actions, A-PARL's score term).
+    """
+    log_det = 2.0 * (_LOG2 - u - F.softplus(-2.0 * u))
+    return (-0.5 * eps.square() - log_std - log_det).sum(-1) - u.shape[-1] * _HALF_LOG_2PI
 
 
 class TwinCritic(nn.Module):

@@ -208,7 +208,7 @@ class ControlRun:
         self, seg1: SegmentBatch, seg2: SegmentBatch, labels: torch.Tensor
     ) -> dict[str, float]:
         """A-PARL: reward updates along the BT gradient plus the implicit term (docs/aparl.md)."""
-        from unialign.bilevel.aparl import aparl_reward_gradient
+        from unialign.control.aparl import aparl_reward_gradient
 
         cfg = self.cfg
         params = [p for p in self.reward_model.parameters() if p.requires_grad]

@@ -55,6 +55,58 @@ def preference_cross_entropy(returns_1: Tensor, returns_2: Tensor, labels: Tenso
     )
 
 
+def ensemble_preference_cross_entropy(
+    returns_1: Tensor,
+    returns_2: Tensor,
+    labels: Tensor,
+    *,
+    member_mask: Tensor | None = None,
+) -> LossOutput:
+    """The Bradley–Terry loss of an ensemble of K reward models: each member fits its own.
+
+    ``L = Σ_k mean_{n ∈ S_k} CE(R_k(σ¹_n) − R_k(σ²_n), y_n)`` with CE the soft-label
+    cross-entropy of :func:`preference_cross_entropy` and ``S_k`` member k's pairs (all N, or
+    those selected by ``member_mask``, e.g. bootstrap resamples); a member with no selected pair
+    contributes 0. PEBBLE (Lee et al. 2021, arXiv 2106.05091) trains its reward ensemble this
+    way; the one copy of this loss in unialign.
+
+    Args:
+        returns_1, returns_2: ``[K, N]`` per-member returns of the two items of each pair.
+        labels: ``[N]`` (shared by the members) or ``[K, N]`` (per member, when members see
+            different minibatches), y ∈ [0, 1] the probability that the first item is preferred.
+        member_mask: optional ``[K, N]`` bool or 0/1 selection.
+
+    Returns:
+        ``losses`` ``[K]``: member k's mean loss over its pairs, so ``losses.sum()`` is L;
+        metrics (detached, ``[K, N]``): ``preference/pair_loss`` (the unmasked CE of every pair
+        under every member) and ``preference/accuracy`` (1 where the member's predicted winner
+        matches a non-tied label, ½ on ties).
+    """
+    if returns_1.dim() != 2 or returns_1.shape != returns_2.shape:
+        raise ValueError(
+            "returns_1 and returns_2 must both be [K, N], got "
+            f"{tuple(returns_1.shape)} and {tuple(returns_2.shape)}"
+        )
+    if labels.shape not in (returns_1.shape[1:], returns_1.shape):
+        raise ValueError(
+            f"labels must be [N] or [K, N] = {tuple(returns_1.shape)}, got {tuple(labels.shape)}"
+        )
+    if member_mask is not None and member_mask.shape != returns_1.shape:
+        raise ValueError(
+            f"member_mask must be [K, N] = {tuple(returns_1.shape)}, got {tuple(member_mask.shape)}"
+        )
+    y = labels.to(returns_1.device).expand(returns_1.shape)
+    out = preference_cross_entropy(returns_1.reshape(-1), returns_2.reshape(-1), y.reshape(-1))
+    ce = out.losses.reshape(returns_1.shape)
+    acc = out.metrics["preference/accuracy"].reshape(returns_1.shape)
+    if member_mask is None:
+        losses = ce.mean(dim=1)
+    else:
+        m = member_mask.to(ce.dtype)
+        losses = (ce * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    return LossOutput(losses, {"preference/pair_loss": ce.detach(), "preference/accuracy": acc})
+
+
 def bradley_terry(
     chosen_rewards: Tensor,
     rejected_rewards: Tensor,

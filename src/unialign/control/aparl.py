@@ -43,45 +43,26 @@ from torch import Tensor, nn
 
 from unialign.bilevel.hypergrad import cross_vjp, grad_or_zeros, inverse_hvp, list_dot, list_norm
 from unialign.control.types import SegmentBatch
-from unialign.losses.reward import preference_cross_entropy
+from unialign.losses.reward import ensemble_preference_cross_entropy
 
 __all__ = [
     "aparl_reward_gradient",
     "gaussian_kl_to_frozen",
     "segment_log_prob",
-    "tanh_gaussian_log_prob",
 ]
-
-ACTION_CLIP = 1e-6
-
-
-def tanh_gaussian_log_prob(actor: nn.Module, obs: Tensor, actions: Tensor) -> Tensor:
-    """log π_θ(a|s) of given actions under a tanh-squashed Gaussian actor, ``[B]``.
-
-    Uses ``actor.log_prob(obs, actions)`` when the actor has it; otherwise
-    ``actor(obs) -> (mean, log_std)`` and the change of variables a = tanh(u):
-    log π(a|s) = Σ_j [log N(u_j; μ_j, σ_j) − log(1 − a_j²)], u = atanh(a), with a clipped to
-    (−1 + 1e-6, 1 − 1e-6) so stored actions that saturated tanh stay finite.
-    """
-    if hasattr(actor, "log_prob"):
-        return actor.log_prob(obs, actions).reshape(obs.shape[0])
-    mean, log_std = actor(obs)
-    a = actions.clamp(-1 + ACTION_CLIP, 1 - ACTION_CLIP)
-    u = torch.atanh(a)
-    normal = torch.distributions.Normal(mean, log_std.exp())
-    return (normal.log_prob(u) - torch.log1p(-a.pow(2))).sum(-1)
 
 
 def segment_log_prob(actor: nn.Module, seg: SegmentBatch) -> Tensor:
     """log ρ(σ; θ) up to θ-free dynamics terms: Σ_t log π_θ(a_t|s_t), ``[N]``.
 
-    Steps padded with the absorbing state after a termination (action exactly 0 in every
-    dimension, see `unialign.control.buffer`) were not chosen by the policy and are left out;
-    a tanh-Gaussian sample is exactly 0 with probability 0, so no real step is dropped.
+    ``actor.log_prob(obs, actions)`` is the actor's log-density of stored actions
+    (:meth:`unialign.control.sac.SquashedGaussianActor.log_prob`). Steps padded with the
+    absorbing state after a termination (``seg.absorbed``, see `unialign.control.buffer`) were
+    not chosen by the policy and are left out.
     """
     n, h = seg.obs.shape[:2]
-    logp = tanh_gaussian_log_prob(actor, seg.obs.reshape(n * h, -1), seg.actions.reshape(n * h, -1))
-    chosen = seg.actions.ne(0).any(-1)  # [N, H]
+    logp = actor.log_prob(seg.obs.reshape(n * h, -1), seg.actions.reshape(n * h, -1))
+    chosen = ~seg.absorbed_mask.to(logp.device)  # [N, H]
     return (logp.reshape(n, h) * chosen).sum(1)
 
 
@@ -128,9 +109,8 @@ def aparl_reward_gradient(
         reward_model: exposes ``segment_returns(seg) -> [K, N]`` (per ensemble member) and
             ``reward(obs, act) -> [B]`` (ensemble mean, differentiable in ν and in ``act``).
         actor: SAC's tanh-Gaussian actor: ``actor.sample(obs) -> (action, log_prob)``
-            reparameterised, and ``actor(obs) -> (mean, log_std)`` before the tanh (used by
-            the Fisher curvature, and for log-probs of stored actions unless the actor has
-            ``log_prob(obs, actions)``).
+            reparameterised, ``actor.log_prob(obs, actions)`` of stored actions, and
+            ``actor(obs) -> (mean, log_std)`` before the tanh (used by the Fisher curvature).
         seg1, seg2: the queried segment pairs, ``N`` each, from the replay buffer.
         labels: ``[N]`` y ∈ [0, 1], probability that ``seg1`` is preferred.
         obs_for_lower: ``[B, obs_dim]`` replay states on which the lower (actor) loss and
@@ -163,10 +143,9 @@ def aparl_reward_gradient(
     # Upper loss F = Σ_k mean_n BT-CE_k (RewardEnsemble.loss: each member fits its own BT
     # loss); its ν-gradient is PEBBLE's update. Per query, ℓ_n = Σ_k CE_{k,n}, F = mean_n ℓ_n.
     r1, r2 = reward_model.segment_returns(seg1), reward_model.segment_returns(seg2)
-    y = labels.to(r1.device, r1.dtype).expand_as(r1)
-    ce = preference_cross_entropy(r1.reshape(-1), r2.reshape(-1), y.reshape(-1)).losses
-    ell = ce.reshape(r1.shape).sum(0)
-    bt_loss = ell.mean()
+    out = ensemble_preference_cross_entropy(r1, r2, labels.to(r1.device, r1.dtype))
+    bt_loss = out.losses.sum()
+    ell = out.metrics["preference/pair_loss"].sum(0)  # [N], detached: weights of the score term
     bt = [g.detach() for g in grad_or_zeros(bt_loss, nu)]
     metrics = {
         "aparl/bt_loss": float(bt_loss.detach()) / r1.shape[0],  # per member, as reward_model/loss
@@ -179,7 +158,6 @@ def aparl_reward_gradient(
         return bt, metrics
 
     # Score-function term g_θ = ∇_θ F = mean_n (ℓ_n − ℓ̄) ∇_θ[log ρ(σ¹_n) + log ρ(σ²_n)].
-    ell = ell.detach()
     log_rho = segment_log_prob(actor, seg1) + segment_log_prob(actor, seg2)
     g_theta = grad_or_zeros(((ell - ell.mean()) * log_rho).mean(), theta)
 
