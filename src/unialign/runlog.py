@@ -3,12 +3,17 @@
 ``metrics.jsonl`` holds one JSON object per logged step (``{"step": N, "name": value, ...}``)
 with the project's namespaced metric names; TensorBoard gets the same scalars when it imports.
 A checkpoint stores the log's byte offset, and a resumed run truncates the file there, so the
-lines of a resumed run equal those of an uninterrupted one.
+lines of a resumed run equal those of an uninterrupted one (a line cut short by ``kill -9`` lies
+past the offset and goes too). Whole files a run rewrites (its config, its summary) go through
+:func:`atomic_file`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.progress import (
@@ -71,6 +76,24 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path``, renamed onto ``path`` when the block ends without an
+    error: a reader, or a run resumed after ``kill -9``, sees the old file or the new one, never
+    a part of one. Use::
+
+        with atomic_file(out / "summary.json") as tmp:
+            tmp.write_text(text)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def progress_bar(title: str, *, enabled: bool = True, fields: str = "") -> Progress:

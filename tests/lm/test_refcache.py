@@ -14,13 +14,13 @@ from unialign.lm.logps import sequence_logps
 from unialign.lm.packing import pad_pairs, pad_unpaired
 from unialign.lm.refcache import (
     ReferenceCache,
-    _score_sequences,
     adapter_disabled,
     compute_reference_logps,
     compute_reference_logps_unpaired,
     data_fingerprint,
     fingerprint,
     parameters_fingerprint,
+    reference_logps,
 )
 from unialign.lm.tiny import build_tiny_model, train_tiny_tokenizer
 
@@ -121,12 +121,14 @@ def test_compute_reference_logps_matches_scoring_and_restores_mode(tok, pairs):
     seqs = [
         s for p in pairs for s in ((p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids))
     ]
-    with torch.no_grad():
-        blocked = _score_sequences(
-            model, seqs, max_tokens_per_row=64, pad_id=0, rows_per_step=1, chunk_size=8,
-            temperature=1.0, progress=True, block_sequences=5,
-        )  # fmt: skip
+    blocked = reference_logps(
+        model, seqs, max_tokens_per_row=64, pad_id=0, rows_per_step=1, chunk_size=8,
+        progress=True, block_sequences=5,
+    )  # fmt: skip
     torch.testing.assert_close(blocked, direct, **TOL)
+    # all rows in one forward (the training loop's per-micro-batch reference)
+    whole = reference_logps(model, seqs, max_tokens_per_row=64, pad_id=0, rows_per_step=None)
+    torch.testing.assert_close(whole, direct, **TOL)
     unpaired = [TokenizedUnpaired(p.prompt_ids, p.chosen_ids, True) for p in pairs]
     u = compute_reference_logps_unpaired(
         model, unpaired, max_tokens_per_row=64, pad_id=0, progress=False

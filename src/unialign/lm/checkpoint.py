@@ -8,34 +8,48 @@ A checkpoint directory ``output_dir/checkpoints/step-000012/`` holds
 - ``rng-<rank>.pt``: Python, NumPy, torch (and CUDA) generator states of each process;
 - ``state.json``: step, examples consumed (the data-order position), metrics-file offset.
 
-It is written to a temporary directory and renamed, so an interrupted save never leaves a
-half checkpoint that ``--resume`` would pick up. Under FSDP the model and optimizer part is
-delegated to ``accelerate``'s sharded ``save_state``/``load_state``.
+Crash safety (``kill -9`` at any moment): a ``step-N`` directory appears only by the rename of
+a complete temporary directory (``.tmp-step-N``) and disappears only by a rename to
+``.old-step-N`` before it is deleted, so ``checkpoints/`` always holds complete ``step-N``
+directories and, at most, hidden leftovers of the save or deletion that was killed;
+:func:`latest_checkpoint` reads only the former and the next save deletes the latter. (This
+protects against a killed process, not a power loss: nothing is fsync'ed.) Under FSDP the model
+and optimizer part is delegated to ``accelerate``'s sharded ``save_state``/``load_state``.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = [
+    "TrainState",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "remove_checkpoints",
+]
 
 
 @dataclass
 class TrainState:
     """Loop position. ``examples_seen`` is the position in the (seeded, per-epoch) data order;
-    ``metrics_offset`` the byte length of ``metrics.jsonl`` when the checkpoint was taken."""
+    ``metrics_offset`` the byte length of ``metrics.jsonl`` when the checkpoint was taken;
+    ``metrics`` the last step's train metrics (without wall-clock values), which the summary of a
+    run resumed from its final checkpoint reports."""
 
     step: int = 0
     examples_seen: int = 0
     metrics_offset: int = 0
+    metrics: dict = field(default_factory=dict)
 
 
 def _rng_state() -> dict:
@@ -61,9 +75,54 @@ def _is_fsdp(accelerator) -> bool:
     return str(accelerator.distributed_type).endswith("FSDP")
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """``(N, root/step-N)`` for every ``step-N`` directory, by N."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
+    return sorted((n, p) for n, p in found if p.is_dir())
+
+
+def _complete(path: Path) -> bool:
+    return (path / "state.json").is_file()
+
+
+def _discard(path: Path) -> None:
+    """Delete a directory so that no reader ever sees it half deleted: rename, then remove."""
+    aside = path.with_name(f".old-{path.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    path.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """What a killed save or deletion left: hidden ``.tmp-*``/``.old-*`` directories, and
+    ``step-N`` directories without ``state.json`` (half deleted by an older version)."""
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(p, ignore_errors=True)
+    for _, p in _step_dirs(root):
+        if not _complete(p):
+            _discard(p)
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Delete every checkpoint of a run (a fresh run must not leave any for a later ``--resume``
+    to pick up); renamed away first, so a kill during the deletion leaves none half deleted."""
     root = Path(output_dir) / "checkpoints"
-    done = sorted(root.glob("step-*")) if root.is_dir() else []
+    if root.is_dir():
+        _discard(root)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint ``--resume`` continues from: the complete ``checkpoints/step-N`` with the
+    largest N, or ``None``. Temporary or half-deleted directories are never returned."""
+    done = [p for _, p in _step_dirs(Path(output_dir) / "checkpoints") if _complete(p)]
     return done[-1] if done else None
 
 
@@ -77,12 +136,16 @@ def save_checkpoint(
     state: TrainState,
     keep: int = 1,
 ) -> Path:
-    """Write a checkpoint of ``state.step`` (every process calls this); returns its path."""
+    """Write a checkpoint of ``state.step`` (every process calls this); returns its path.
+
+    Keeps the ``keep`` newest checkpoints. Crash safe (module docstring): the checkpoint is
+    complete in ``.tmp-step-N`` before it is renamed to ``step-N``.
+    """
     root = Path(output_dir) / "checkpoints"
     final = root / f"step-{state.step:06d}"
-    tmp = root / f".tmp-step-{state.step:06d}"
+    tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_leftovers(root)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     if _is_fsdp(accelerator):
@@ -96,16 +159,17 @@ def save_checkpoint(
         }
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if accelerator.is_main_process:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))  # last: marks it complete
+        if final.exists():  # the same step saved again
+            _discard(final)
         tmp.rename(final)
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        done = [p for _, p in _step_dirs(root) if _complete(p)]
+        for old in done[:-keep]:
+            _discard(old)
     accelerator.wait_for_everyone()
     return final
 

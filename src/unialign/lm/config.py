@@ -99,9 +99,15 @@ class LMTrainConfig(BaseModel):
     )
 
     # --- optimization --------------------------------------------------------------------------
-    optimizer: Literal["adamw"] = Field("adamw", description="optimizer (torch AdamW)")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="adamw: torch AdamW; sgd: plain SGD without momentum (an update linear in "
+        "the gradient, as the invariance tests use)",
+    )
     lr: float = Field(1e-6, description="peak learning rate")
-    weight_decay: float = Field(0.0, description="AdamW decoupled weight decay")
+    weight_decay: float = Field(
+        0.0, description="weight decay: decoupled for adamw, an L2 term in the gradient for sgd"
+    )
     schedule: Literal["constant", "linear", "cosine"] = Field(
         "linear", description="learning-rate schedule after warm-up (decays to 0 at the end)"
     )

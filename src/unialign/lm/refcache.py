@@ -11,8 +11,9 @@ Layout of a cache directory::
     <directory>/<fingerprint>/logps.safetensors   # float32 tensors, e.g. chosen [N], rejected [N]
     <directory>/<fingerprint>/manifest.json       # fingerprint, tensor names/shapes, metadata
 
-Entries are written to a temporary directory and renamed into place, so a crash never leaves
-a half-written entry that a later run would trust.
+Entries are written to a temporary directory and renamed into place (an entry being replaced
+is renamed aside first), so a crash or ``kill -9`` never leaves a half-written entry that a
+later run would trust.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "parameters_fingerprint",
     "data_fingerprint",
     "ReferenceCache",
+    "reference_logps",
     "compute_reference_logps",
     "compute_reference_logps_unpaired",
     "adapter_disabled",
@@ -201,16 +203,21 @@ class ReferenceCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "metadata": dict(metadata or {}),
         }
+        # An entry appears and disappears only by rename: a process killed at any moment leaves
+        # the old entry, the new one, or none (then recomputed), plus at most a hidden
+        # temporary directory that is never read.
         tmp = Path(tempfile.mkdtemp(prefix=f".{fingerprint[:16]}-", dir=self.directory))
+        aside = tmp.with_name(tmp.name + "-old")
         try:
             save_file(data, str(tmp / self.FILE))
             (tmp / self.MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             if final.exists():
-                shutil.rmtree(final)
+                os.replace(final, aside)
             os.replace(tmp, final)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            for leftover in (tmp, aside):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
         return final
 
     def get_or_compute_tensors(
@@ -275,41 +282,60 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _score_sequences(
+def reference_logps(
     model: Any,
     seqs: Sequence[tuple[list[int], list[int]]],
     *,
     max_tokens_per_row: int,
     pad_id: int,
-    rows_per_step: int,
-    chunk_size: int,
-    temperature: float,
-    progress: bool,
+    disable_adapter: bool = False,
+    chunk_size: int = 1024,
+    rows_per_step: int | None = 1,
+    temperature: float = 1.0,
+    progress: bool = False,
     block_sequences: int = 4096,
 ) -> Tensor:
-    """Summed log-probs of ``seqs`` ([S] float32, CPU).
+    """Summed log-probs of ``(prompt_ids, completion_ids)`` sequences under the reference.
+
+    The one reference forward of the LM engine: the cached pass over a whole data set
+    (:func:`compute_reference_logps`) and the training loop's per-micro-batch reference
+    (``precompute_ref: false``) both call it. The model runs in eval mode (no dropout) without
+    grad, and with ``disable_adapter`` a PEFT policy runs as its base model
+    (:func:`adapter_disabled`); the previous mode is restored afterwards.
 
     Sequences are packed ``block_sequences`` at a time (the packed tensors of a large data set
-    are never all in memory at once) and scored ``rows_per_step`` rows per forward.
+    are never all in memory at once) and scored ``rows_per_step`` packed rows per forward
+    (``None``: all rows of a block in one forward).
+
+    Returns:
+        ``[S]`` float32 on the model's device.
     """
     from rich.progress import Progress
 
     from unialign.lm.logps import sequence_logps
 
-    if rows_per_step < 1:
+    if rows_per_step is not None and rows_per_step < 1:
         raise ValueError(f"rows_per_step must be >= 1, got {rows_per_step}")
-    total = torch.zeros(len(seqs), dtype=torch.float32)
-    with Progress(disable=not progress, transient=True) as bar:
+    adapter = adapter_disabled(model) if disable_adapter else contextlib.nullcontext()
+    parts: list[Tensor] = []
+    bar = Progress(disable=not progress, transient=True)
+    with adapter, _eval_mode(model), torch.no_grad(), bar:
         task = bar.add_task("reference log-probs", total=len(seqs))
         for b0 in range(0, len(seqs), block_sequences):
             block = seqs[b0 : b0 + block_sequences]
             batch = pack_sequences(block, max_tokens_per_row=max_tokens_per_row, pad_id=pad_id)
-            for r in range(0, batch.shape[0], rows_per_step):
-                sub = batch.rows(r, r + rows_per_step)
+            step = batch.shape[0] if rows_per_step is None else rows_per_step
+            total: Tensor | None = None  # each sequence lies in one row: the others add 0
+            for r in range(0, batch.shape[0], step):
+                sub = batch.rows(r, r + step)
                 sums, _ = sequence_logps(model, sub, chunk_size=chunk_size, temperature=temperature)
-                total[b0 : b0 + len(block)] += sums.float().cpu()
+                total = sums.float() if total is None else total + sums.float()
                 bar.advance(task, int((sub.seq_row >= 0).sum()))
-    return total
+            if total is not None:
+                parts.append(total)
+    if not parts:
+        return torch.zeros(0, dtype=torch.float32)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def compute_reference_logps(
@@ -339,7 +365,7 @@ def compute_reference_logps(
     Returns:
         ``(ref_chosen [N], ref_rejected [N])`` float32 on the CPU.
     """
-    logps = _reference_pass(
+    logps = reference_logps(
         model,
         pair_sequences(pairs),
         disable_adapter=disable_adapter,
@@ -349,15 +375,8 @@ def compute_reference_logps(
         chunk_size=chunk_size,
         temperature=temperature,
         progress=progress,
-    )
+    ).cpu()
     return logps[0::2].clone(), logps[1::2].clone()
-
-
-def _reference_pass(model: Any, seqs: list, *, disable_adapter: bool, **score_kw: Any) -> Tensor:
-    """Score ``seqs`` in eval mode without grad (adapters off when asked): ``[S]`` float32."""
-    ctx = adapter_disabled(model) if disable_adapter else contextlib.nullcontext()
-    with ctx, _eval_mode(model), torch.no_grad():
-        return _score_sequences(model, seqs, **score_kw)
 
 
 def compute_reference_logps_unpaired(
@@ -372,8 +391,8 @@ def compute_reference_logps_unpaired(
     disable_adapter: bool = False,
     progress: bool = True,
 ) -> Tensor:
-    """:func:`compute_reference_logps` for unpaired examples: ``[N]`` float32."""
-    return _reference_pass(
+    """:func:`compute_reference_logps` for unpaired examples: ``[N]`` float32 on the CPU."""
+    return reference_logps(
         model,
         unpaired_sequences(examples),
         disable_adapter=disable_adapter,
@@ -383,4 +402,4 @@ def compute_reference_logps_unpaired(
         chunk_size=chunk_size,
         temperature=temperature,
         progress=progress,
-    )
+    ).cpu()

@@ -8,9 +8,15 @@ Phases, top to bottom:
    weights (or the LoRA adapter disabled) and cached on disk; or a frozen reference
    forward per micro-batch (``precompute_ref: false``); reference-free objectives skip it.
 4. **optimize** — per optimizer step: micro-batches → pack → ``sequence_logps`` → typed
-   batch → objective → exact gradient accumulation → clip → AdamW + schedule → log.
-   Checkpoints every ``save_every`` steps and on SIGINT/SIGTERM (at the next step boundary).
+   batch → objective → exact gradient accumulation → clip → AdamW (or SGD) + schedule → log.
+   Checkpoints every ``save_every`` steps, on SIGINT/SIGTERM (at the next step boundary,
+   :class:`~unialign.interrupt.StopOnSignal`) and at the end.
 5. **evaluate and export** — held-out preference accuracy and margin; ``save_pretrained``.
+
+Crash safety: after ``kill -9`` at any moment, ``resume=True`` continues from the last complete
+checkpoint (:mod:`unialign.lm.checkpoint`), truncates ``metrics.jsonl`` to the checkpoint's
+offset, and ends as an uninterrupted run does. The final checkpoint is written *before* the
+final evaluation and export, so a run killed during them is finished by ``resume``.
 
 Exact accumulation: a step consumes ``G = batch_size × grad_accum × world_size`` examples;
 each micro-batch contributes ``Σ_i loss_i · world_size / G`` (DDP averages gradients over
@@ -23,9 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -38,21 +41,28 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from unialign.config import ConfigError, dump_config
-from unialign.lm.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from unialign.interrupt import StopOnSignal
+from unialign.lm.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from unialign.lm.config import LMTrainConfig
 from unialign.lm.data import DataError, TokenizedPair, load_preference_data, split_heldout
 from unialign.lm.logps import sequence_logps
 from unialign.lm.model import frozen_copy, is_lora, load_policy, load_tokenizer, save_policy
-from unialign.lm.packing import pack_pairs
+from unialign.lm.packing import pack_pairs, pair_sequences
 from unialign.lm.refcache import (
     ReferenceCache,
-    adapter_disabled,
     compute_reference_logps,
     data_fingerprint,
     fingerprint,
+    reference_logps,
 )
 from unialign.losses import LossOutput, PairedLogps, UnpairedLogps
-from unialign.runlog import MetricsLog, progress_bar
+from unialign.runlog import MetricsLog, atomic_file, progress_bar
 
 __all__ = ["train_lm", "Examples", "load_examples", "evaluate"]
 
@@ -161,21 +171,6 @@ def _logps(scorer, pairs, *, pad_id: int, row_tokens: int, device):
     return logps[0::2], logps[1::2], counts[0::2], counts[1::2], int(packed.num_tokens)
 
 
-def _reference_context(scorer: Scorer):
-    """LoRA: the reference is the base model, i.e. the policy with its adapter disabled."""
-    return adapter_disabled(scorer.policy) if is_lora(scorer.policy) else nullcontext()
-
-
-@torch.no_grad()
-def _reference_logps(scorer: Scorer, pairs, logps_kw) -> tuple:
-    was_training = scorer.training
-    scorer.eval()
-    with _reference_context(scorer):
-        c, r, *_ = _logps(scorer, pairs, **logps_kw)
-    scorer.train(was_training)
-    return c, r
-
-
 def _precompute_reference(cfg, policy, examples: Examples, *, pad_id: int, cuda: bool, show: bool):
     """(ref_chosen, ref_rejected) of every example with the current (initial) weights — the
     LoRA policy with its adapter disabled is the base model — in one packed pass, through
@@ -221,20 +216,29 @@ def _objective(spec, params, pol, ref, n_c, n_r, desirable) -> LossOutput:
 
 class _Reference:
     """Where reference log-probs come from: precomputed tables (``train``/``eval``), a
-    frozen scorer run per micro-batch, or nowhere (reference-free objectives)."""
+    reference forward per micro-batch (``model``: a frozen copy, or the LoRA policy with its
+    adapter disabled), or nowhere (reference-free objectives). Both computed paths are
+    :func:`~unialign.lm.refcache.reference_logps` (eval mode, no grad)."""
 
-    def __init__(self, logps_kw: dict):
+    def __init__(self, *, pad_id: int, row_tokens: int, chunk_size: int, device):
         self.tables: dict[str, tuple | None] = {"train": None, "eval": None}
-        self.scorer: Scorer | None = None
-        self.logps_kw = logps_kw
+        self.model: torch.nn.Module | None = None
+        self.pad_id, self.row_tokens, self.chunk_size, self.device = (
+            pad_id, row_tokens, chunk_size, device,
+        )  # fmt: skip
 
     def __call__(self, split: str, idx: list[int], pairs) -> tuple | None:
         table = self.tables[split]
         if table is not None:
-            return tuple(t[idx].to(self.logps_kw["device"]) for t in table)
-        if self.scorer is None:
+            return tuple(t[idx].to(self.device) for t in table)
+        if self.model is None:
             return None
-        return _reference_logps(self.scorer, pairs, self.logps_kw)
+        logps = reference_logps(
+            self.model, pair_sequences(pairs), disable_adapter=is_lora(self.model),
+            max_tokens_per_row=self.row_tokens, pad_id=self.pad_id, chunk_size=self.chunk_size,
+            rows_per_step=None,  # the whole micro-batch in one forward, as for the policy
+        )  # fmt: skip
+        return logps[0::2], logps[1::2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,31 +273,13 @@ def evaluate(scorer, examples: Examples, reference, spec, params, *, batch_size,
     return {k: v / len(examples) for k, v in sums.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# interruption
-# ---------------------------------------------------------------------------------------------
-class _StopOnSignal:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and returns.
-    A second signal interrupts immediately."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, old in self._old.items():
-            signal.signal(s, old)
+def _optimizer(name: str, params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``adamw``: torch AdamW (decoupled weight decay); ``sgd``: plain SGD (no momentum; weight
+    decay as an L2 term), whose update is linear in the gradient (invariance tests use it:
+    Adam's near-sign update turns float rounding where |g| ≈ ε into whole updates)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,9 +305,10 @@ def train_lm(
     out.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(out) if resume else None
     if main:
-        if not resume and (out / "checkpoints").is_dir():  # a fresh run: stale checkpoints
-            shutil.rmtree(out / "checkpoints")  # must not be what a later --resume picks up
-        dump_config(cfg, out / "config.yaml")
+        if not resume:  # a fresh run: stale checkpoints must not be what a --resume picks up
+            remove_checkpoints(out)
+        with atomic_file(out / "config.yaml") as tmp:
+            dump_config(cfg, tmp)
     set_seed(cfg.seed)
     spec, params = cfg.loss_spec, cfg.resolved_loss_params()
     cuda = acc.device.type == "cuda"
@@ -346,7 +333,8 @@ def train_lm(
     logps_kw = dict(pad_id=tokenizer.pad_token_id, row_tokens=cfg.row_budget, device=acc.device)
 
     # 3. reference (with the initial weights, before any checkpoint is restored) ---------
-    reference = _Reference(logps_kw)
+    reference = _Reference(pad_id=tokenizer.pad_token_id, row_tokens=cfg.row_budget,
+                           chunk_size=cfg.chunk_size, device=acc.device)  # fmt: skip
     if cfg.needs_reference and cfg.precompute_ref:
         kw = dict(pad_id=tokenizer.pad_token_id, cuda=cuda, show=main)
         with acc.main_process_first():  # one process computes, the others read the cache
@@ -354,11 +342,11 @@ def train_lm(
             if held is not None:
                 reference.tables["eval"] = _precompute_reference(cfg, policy, held, **kw)
     elif cfg.needs_reference:  # LoRA: the same weights, adapter disabled; full: a frozen copy
-        reference.scorer = scorer if lora else Scorer(frozen_copy(policy), cfg.chunk_size)
+        reference.model = policy if lora else frozen_copy(policy)
 
     # 4. optimizer, schedule, resume -----------------------------------------------------
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(cfg.optimizer, trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule),
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps,
@@ -370,13 +358,16 @@ def train_lm(
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator=acc, model=policy, optimizer=optimizer,
                                 scheduler=scheduler)  # fmt: skip
+    saved_step = state.step if ckpt is not None else None  # the step the newest checkpoint holds
     log = MetricsLog(out / "metrics.jsonl", offset=state.metrics_offset, enabled=main,
                      tensorboard_dir=out / "tensorboard", start_step=state.step)  # fmt: skip
 
-    def checkpoint() -> Path:
+    def checkpoint() -> None:
+        nonlocal saved_step
         state.metrics_offset = log.offset()
-        return save_checkpoint(out, accelerator=acc, model=policy, optimizer=optimizer,
-                               scheduler=scheduler, state=state, keep=cfg.keep_checkpoints)  # fmt: skip
+        save_checkpoint(out, accelerator=acc, model=policy, optimizer=optimizer,
+                        scheduler=scheduler, state=state, keep=cfg.keep_checkpoints)  # fmt: skip
+        saved_step = state.step
 
     def run_eval() -> dict:
         if held is None:
@@ -388,7 +379,7 @@ def train_lm(
     progress = progress_bar("train lm", enabled=main, fields="{task.fields[info]}")
     task = progress.add_task("steps", total=total_steps, completed=state.step, info="")
     interrupted, last, eval_metrics = False, {}, {}
-    with _StopOnSignal() as stop, progress:
+    with StopOnSignal() as stop, progress:
         while state.step < total_steps:
             t0 = time.perf_counter()
             idx = _positions(len(train), cfg.seed, state.examples_seen, per_step)
@@ -428,6 +419,7 @@ def train_lm(
             evaluate_now = cfg.eval_every and state.step % cfg.eval_every == 0
             if evaluate_now and state.step < total_steps:  # the final evaluation comes below
                 last.update(run_eval())
+            state.metrics = {k: v for k, v in last.items() if k not in TIMING_KEYS}
             if state.step % cfg.log_every == 0 or evaluate_now:
                 log.write(state.step, last)
             progress.update(task, completed=state.step, info=(
@@ -435,7 +427,7 @@ def train_lm(
                 f"{last['lm/tokens_per_s']:,.0f} tok/s"))  # fmt: skip
             if on_step is not None:
                 on_step(state.step, last)
-            stop_now = torch.tensor([float(stop.signum is not None)], device=acc.device)
+            stop_now = torch.tensor([float(stop.requested)], device=acc.device)
             if acc.reduce(stop_now, "max").item() > 0 and state.step < total_steps:
                 checkpoint()
                 interrupted = True
@@ -445,16 +437,19 @@ def train_lm(
 
     # 5. evaluate and export -------------------------------------------------------------------
     summary = {"steps": state.step, "total_steps": total_steps, "examples": state.examples_seen,
-               "interrupted": interrupted, "train": {k: v for k, v in last.items()
-                                                     if k not in TIMING_KEYS}}  # fmt: skip
+               "interrupted": interrupted, "train": dict(state.metrics)}  # fmt: skip
     if interrupted:
         summary["resume"] = f"unialign train lm --config {out / 'config.yaml'} --resume"
     else:
+        # The final checkpoint comes first: the evaluation's metrics line then lies past its
+        # offset, so a run killed from here on is finished by --resume without a repeated line
+        # (and a run resumed from this checkpoint does not write it again).
+        if saved_step != state.step:
+            checkpoint()
         if held is not None:
             eval_metrics = run_eval()
             log.write(state.step, eval_metrics)
         summary["eval"] = eval_metrics
-        checkpoint()
         acc.wait_for_everyone()
         state_dict = None
         if str(acc.distributed_type).endswith("FSDP"):  # gather the sharded weights
@@ -468,6 +463,7 @@ def train_lm(
     summary["wall_s"] = round(time.perf_counter() - t_start, 2)
     log.close()
     if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        with atomic_file(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
     acc.wait_for_everyone()
     return summary
