@@ -1,4 +1,5 @@
-"""B-Pref simulated teachers: each labelling rule on hand-built reward tensors."""
+"""B-Pref simulated teachers: each labelling rule on hand-built per-step rewards and on scalar
+returns (completions' hidden rewards)."""
 
 import math
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from unialign.control.types import SegmentBatch
+from unialign.feedback.store import FeedbackStore
 from unialign.feedback.teachers import Teacher, TeacherConfig, mean_segment_return
+from unialign.feedback.types import CompletionPairs
 
 
 def _t(rows):
@@ -205,3 +208,120 @@ def test_config_validation(kwargs, match):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match=r"\[N, H\]"):
         _teacher("oracle").label_rewards(torch.zeros(3, 2), torch.zeros(3, 4), RNG)
+
+
+# -- scalar returns: any candidate with a return (a segment's sum, a completion's hidden reward)
+
+
+class ScriptedRng:
+    """Stands in for np.random.Generator: ``random(n)`` returns the next n scripted draws."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def random(self, n):
+        out, self.draws = np.array(self.draws[:n]), self.draws[n:]
+        assert len(out) == n, "the test scripted too few draws"
+        return out
+
+
+def _r(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_scalar_oracle():
+    """R¹ = (3, −1, 2, 0.5), R² = (1, 4, 2, 0.25): 3 > 1 → 1; −1 < 4 → 0; 2 = 2 → ½; 0.5 > 0.25 → 1."""
+    out = _teacher("oracle").label_returns(_r([3, -1, 2, 0.5]), _r([1, 4, 2, 0.25]), RNG)
+    assert out.labels.tolist() == [1.0, 0.0, 0.5, 1.0] and out.keep.all()
+
+
+def test_scalar_myopic_is_the_oracle():
+    """A scalar return is one step (H = 1): its weight γ^{H−1} = γ⁰ = 1, so with γ = ½ the
+    labels are the oracle's (1, 0, ½, 1) — and the same as per-step rewards of shape [N, 1]."""
+    r1, r2 = _r([3, -1, 2, 0.5]), _r([1, 4, 2, 0.25])
+    teacher = _teacher("myopic", gamma=0.5)
+    assert teacher.label_returns(r1, r2, RNG).labels.tolist() == [1.0, 0.0, 0.5, 1.0]
+    per_step = teacher.label_rewards(r1.unsqueeze(1), r2.unsqueeze(1), RNG).labels
+    assert per_step.tolist() == [1.0, 0.0, 0.5, 1.0]
+
+
+def test_scalar_stochastic_with_scripted_draws():
+    """β = 1. Gap ln 3: P(first) = σ(ln 3) = 3/(3+1) = ¾; draws 0.7 < ¾ → 1, 0.8 ≥ ¾ → 0.
+    Gap −ln 3: σ = ¼; draw 0.2 < ¼ → 1, 0.3 → 0. Gap 0: σ = ½; draw 0.49 → 1."""
+    ln3 = math.log(3.0)
+    r1 = _r([ln3, ln3, 0.0, 0.0, 1.0])
+    r2 = _r([0.0, 0.0, ln3, ln3, 1.0])
+    rng = ScriptedRng(0.7, 0.8, 0.2, 0.3, 0.49)
+    labels = _teacher("stochastic", beta=1.0).label_returns(r1, r2, rng).labels
+    assert labels.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_scalar_mistake_with_scripted_draws():
+    """ε = ¼; the oracle says (1, 0, ½, 1); draws (0.1, 0.3, 0.2, 0.25): flip where draw < ¼ →
+    first flipped to 0, second kept 0, the tie stays ½ (1 − ½ = ½), the last kept (0.25 ≮ ¼)."""
+    rng = ScriptedRng(0.1, 0.3, 0.2, 0.25)
+    out = _teacher("mistake", eps_mistake=0.25).label_returns(
+        _r([3, -1, 2, 0.5]), _r([1, 4, 2, 0.25]), rng
+    )
+    assert out.labels.tolist() == [0.0, 0.0, 0.5, 1.0]
+
+
+def test_scalar_skip():
+    """R̄ = 10, ε_skip = 0.2 → θ_skip = 2. Pairs (2, 1): max 2 ≤ 2 → skipped; (2.5, −1): kept,
+    label 1; (−3, 1.9): max 1.9 ≤ 2 → skipped; (0, 3): kept, label 0."""
+    out = _teacher("skip", 10.0, eps_skip=0.2).label_returns(
+        _r([2, 2.5, -3, 0]), _r([1, -1, 1.9, 3]), RNG
+    )
+    assert out.keep.tolist() == [False, True, False, True]
+    assert out.labels[out.keep].tolist() == [1.0, 0.0] and torch.isnan(out.labels[~out.keep]).all()
+
+
+def test_scalar_equal():
+    """R̄ = 10, ε_equal = 0.1 → θ_equal = 1. |5 − 4.5| = 0.5 < 1 → ½; |5 − 4| = 1 ≮ 1 → 1;
+    |0 − 3| = 3 → 0."""
+    out = _teacher("equal", 10.0, eps_equal=0.1).label_returns(_r([5, 5, 0]), _r([4.5, 4, 3]), RNG)
+    assert out.labels.tolist() == [0.5, 1.0, 0.0]
+
+
+def test_update_mean_return_is_the_general_name():
+    teacher = _teacher("skip", eps_skip=0.5)
+    teacher.update_mean_return(4.0)
+    assert teacher.thresholds() == (2.0, 0.0)
+    teacher.update_mean_segment_return(6.0)
+    assert teacher.thresholds() == (3.0, 0.0)
+
+
+def test_label_returns_shapes():
+    with pytest.raises(ValueError, match=r"\[N\] \(scalar returns\) or \[N, H\]"):
+        _teacher("oracle").label_returns(torch.zeros(3), torch.zeros(4), RNG)
+    with pytest.raises(ValueError, match=r"\[N\] \(scalar returns\) or \[N, H\]"):
+        _teacher("oracle").label_returns(torch.zeros(2, 2, 2), torch.zeros(2, 2, 2), RNG)
+    with pytest.raises(ValueError, match=r"\[N, H\]"):  # label_rewards keeps its per-step contract
+        _teacher("oracle").label_rewards(torch.zeros(3), torch.zeros(3), RNG)
+
+
+def test_label_completions_from_stored_hidden_rewards(tmp_path):
+    """Hidden rewards (0.9 vs 0.1, 0.2 vs 0.7) round-trip through the store; the oracle labels
+    (1, 0) and the labels go back under the teacher's name."""
+    with FeedbackStore(tmp_path / "fb.sqlite") as store:
+        ids = store.add_completion_queries(
+            ["a", "b"],
+            [" x", " y"],
+            [" z", " w"],
+            step=0,
+            rewards_1=[0.9, 0.2],
+            rewards_2=[0.1, 0.7],
+        )
+        teacher = _teacher("oracle")
+        labels, keep = teacher.label_completions(store.completions(ids), RNG)
+        assert labels.tolist() == [1.0, 0.0]
+        store.add_labels(ids, labels, labeler=teacher.name, keep_mask=keep)
+        assert store.labelled_completion_pairs().labels.tolist() == [1.0, 0.0]
+        more = store.add_completion_queries(["c"], [" u"], [" v"], step=1, rewards_1=[1.0])
+        with pytest.raises(ValueError, match=r"pairs \[0\] have no hidden reward"):
+            teacher.label_completions(store.completions(more), RNG)
+
+
+def test_label_completions_needs_rewards():
+    with pytest.raises(ValueError, match="hidden rewards"):
+        _teacher("oracle").label_completions(CompletionPairs(["a"], [" b"], [" c"]), RNG)

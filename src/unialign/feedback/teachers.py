@@ -1,4 +1,4 @@
-"""Simulated teachers that label segment pairs from the environment's true reward (B-Pref).
+"""Simulated teachers that label pairs of candidates from their true returns (B-Pref).
 
 Lee, Smith, Dragan & Abbeel 2021, "B-Pref: Benchmarking Preference-Based Reinforcement
 Learning" (arXiv 2111.03026): the simulated teacher with five irrationalities layered on the
@@ -7,9 +7,12 @@ perfectly rational oracle (checked against the official code, rll-research/BPref
 six named teachers; a named teacher is a parameter setting (:class:`TeacherConfig`), and the
 irrationalities combine freely.
 
-For a pair (σ¹, σ²) with true rewards r¹, r² of shape ``[H]``, ``R^i = Σ_t r^i_t`` (undiscounted)
-and ``R^i_γ = Σ_{t=1..H} γ^{H−t} r^i_t`` (myopic weighting: the last step has weight 1). The
-label y is the probability that σ¹ is preferred, computed in this order (B-Pref's order):
+The rule needs only each candidate's true rewards, so it labels any kind of candidate: a
+control segment (per-step rewards ``[H]``) or a language-model completion (one hidden reward,
+H = 1). For a pair with true rewards r¹, r² of shape ``[H]``, ``R^i = Σ_t r^i_t``
+(undiscounted) and ``R^i_γ = Σ_{t=1..H} γ^{H−t} r^i_t`` (myopic weighting: the last step has
+weight 1; with H = 1 the weight is 1 and myopia has no effect). The label y is the
+probability that the first candidate is preferred, computed in this order (B-Pref's order):
 
 1. skip     — drop the query when ``max(R¹, R²) ≤ θ_skip`` (undiscounted returns);
 2. prefer   — β = ∞: y = 1 if R¹_γ > R²_γ, 0 if R¹_γ < R²_γ, ½ on an exact tie;
@@ -17,10 +20,11 @@ label y is the probability that σ¹ is preferred, computed in this order (B-Pre
 3. mistake  — flip y ↦ 1 − y with probability ε (a tie stays ½);
 4. equal    — y = ½ when ``|R¹ − R²| < θ_equal`` (undiscounted returns; overrides 2–3).
 
-Thresholds ``θ_skip = ε_skip · R̄_seg`` and ``θ_equal = ε_equal · R̄_seg`` are computed once, from
-the current ``R̄_seg`` set by :meth:`Teacher.update_mean_segment_return`. B-Pref's released
-``train_PEBBLE.py`` passes ``R̄_seg · ε`` to setters that multiply by ε again, so after the first
-feedback round its thresholds are ε²·R̄_seg; this module applies ε exactly once.
+Thresholds ``θ_skip = ε_skip · R̄`` and ``θ_equal = ε_equal · R̄`` are computed once, from the
+current mean candidate return ``R̄`` (for segments B-Pref's ``R̄_seg``) set by
+:meth:`Teacher.update_mean_return`. B-Pref's released ``train_PEBBLE.py`` passes ``R̄_seg · ε``
+to setters that multiply by ε again, so after the first feedback round its thresholds are
+ε²·R̄_seg; this module applies ε exactly once.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unialign.feedback.types import SegmentBatch
+from unialign.feedback.types import CompletionPairs, SegmentBatch
 
 __all__ = [
     "TEACHER_KINDS",
@@ -107,7 +111,7 @@ class TeacherOutput(NamedTuple):
     """Labels for N queries.
 
     Attributes:
-        labels: ``[N]`` float32, 1 = first segment preferred, 0 = second, ½ = equal; NaN where
+        labels: ``[N]`` float32, 1 = first candidate preferred, 0 = second, ½ = equal; NaN where
             the query was skipped (so a skipped label cannot be trained on by accident).
         keep: ``[N]`` bool, False where the teacher skipped the query.
     """
@@ -139,8 +143,8 @@ def mean_segment_return(
 class Teacher:
     """A simulated teacher; see the module docstring for the labelling rule.
 
-    ``R̄_seg`` starts unset; a teacher whose skip or equal rule is active refuses to label
-    until :meth:`update_mean_segment_return` has been called.
+    ``R̄`` (``segment_return_mean``) starts unset; a teacher whose skip or equal rule is active
+    refuses to label until :meth:`update_mean_return` has been called.
     """
 
     config: TeacherConfig = field(default_factory=TeacherConfig)
@@ -151,29 +155,53 @@ class Teacher:
         """The labeller name recorded in the feedback store, e.g. ``teacher:oracle``."""
         return f"teacher:{self.config.kind}"
 
-    def update_mean_segment_return(self, value: float) -> None:
-        """Set R̄_seg (see :func:`mean_segment_return`); the thresholds follow from it."""
+    def update_mean_return(self, value: float) -> None:
+        """Set R̄, the typical true return of one candidate, from which the skip and equal
+        thresholds follow: for segments R̄_seg (:func:`mean_segment_return`), for completions
+        e.g. the mean hidden reward of recent completions."""
         if not math.isfinite(value):
-            raise ValueError(f"mean segment return must be finite, got {value!r}")
+            raise ValueError(f"mean return must be finite, got {value!r}")
         self.segment_return_mean = float(value)
 
+    update_mean_segment_return = update_mean_return  # the segment-specific name
+
     def thresholds(self) -> tuple[float, float]:
-        """``(θ_skip, θ_equal) = (ε_skip · R̄_seg, ε_equal · R̄_seg)`` — ε applied once."""
+        """``(θ_skip, θ_equal) = (ε_skip · R̄, ε_equal · R̄)`` — ε applied once."""
         p = self.config.effective()
         if p["eps_skip"] == 0 and p["eps_equal"] == 0:
             return 0.0, 0.0
         if self.segment_return_mean is None:
             raise RuntimeError(
-                f"{self.name} needs R̄_seg for its skip/equal thresholds: call "
-                "update_mean_segment_return() before labelling"
+                f"{self.name} needs R̄ for its skip/equal thresholds: call "
+                "update_mean_return() (update_mean_segment_return()) before labelling"
             )
         return p["eps_skip"] * self.segment_return_mean, p["eps_equal"] * self.segment_return_mean
 
     def label(
         self, seg1: SegmentBatch, seg2: SegmentBatch, rng: np.random.Generator
     ) -> TeacherOutput:
-        """Label N segment pairs from their true rewards."""
+        """Label N segment pairs from their true per-step rewards."""
         return self.label_rewards(seg1.true_rewards, seg2.true_rewards, rng)
+
+    def label_completions(self, pairs: CompletionPairs, rng: np.random.Generator) -> TeacherOutput:
+        """Label N completion pairs from their hidden rewards (scalar returns, H = 1).
+
+        Every pair needs both ``rewards_1`` and ``rewards_2`` (as stored with
+        ``FeedbackStore.add_completion_queries(..., rewards_1=, rewards_2=)``).
+        """
+        if pairs.rewards_1 is None or pairs.rewards_2 is None:
+            raise ValueError(
+                "a simulated teacher needs the completions' hidden rewards: these pairs have no "
+                "rewards_1/rewards_2"
+            )
+        unknown = torch.isnan(pairs.rewards_1) | torch.isnan(pairs.rewards_2)
+        if unknown.any():
+            rows = unknown.nonzero().flatten().tolist()
+            raise ValueError(
+                f"pairs {rows[:10]} have no hidden reward (NaN); a simulated teacher needs "
+                "rewards_1 and rewards_2 for every pair"
+            )
+        return self.label_returns(pairs.rewards_1, pairs.rewards_2, rng)
 
     def label_rewards(
         self, rewards_1: Tensor, rewards_2: Tensor, rng: np.random.Generator
@@ -184,10 +212,25 @@ class Teacher:
                 "rewards_1 and rewards_2 must both be [N, H], got "
                 f"{tuple(rewards_1.shape)} and {tuple(rewards_2.shape)}"
             )
+        return self.label_returns(rewards_1, rewards_2, rng)
+
+    def label_returns(
+        self, returns_1: Tensor, returns_2: Tensor, rng: np.random.Generator
+    ) -> TeacherOutput:
+        """Label N pairs given scalar returns ``[N]`` or per-step rewards ``[N, H]``.
+
+        Scalar returns are candidates with one step (H = 1): the myopic weight γ⁰ = 1 leaves
+        them unchanged, so ``myopic`` labels them like the oracle.
+        """
+        if returns_1.shape != returns_2.shape or returns_1.dim() not in (1, 2):
+            raise ValueError(
+                "returns_1 and returns_2 must both be [N] (scalar returns) or [N, H] (per-step "
+                f"rewards), got {tuple(returns_1.shape)} and {tuple(returns_2.shape)}"
+            )
         p = self.config.effective()
         theta_skip, theta_equal = self.thresholds()
-        r1 = rewards_1.detach().to("cpu", torch.float64).numpy()
-        r2 = rewards_2.detach().to("cpu", torch.float64).numpy()
+        r1 = returns_1.detach().to("cpu", torch.float64).reshape(returns_1.shape[0], -1).numpy()
+        r2 = returns_2.detach().to("cpu", torch.float64).reshape(returns_2.shape[0], -1).numpy()
         n, horizon = r1.shape
         ret1, ret2 = r1.sum(axis=1), r2.sum(axis=1)
 
