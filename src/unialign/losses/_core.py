@@ -29,6 +29,7 @@ __all__ = [
     "check_positive",
     "check_in_range",
     "check_tensors",
+    "check_dtype",
     "present_tensors",
 ]
 
@@ -182,16 +183,26 @@ def check_in_range(
     high_inclusive: bool = True,
 ) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the stated interval."""
-    lo_ok = value >= low if low_inclusive else value > low
-    hi_ok = value <= high if high_inclusive else value < high
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not (lo_ok and hi_ok)
-    ):
+    # the type is checked first: comparing a str or None with a float raises TypeError
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        lo_ok = value >= low if low_inclusive else value > low
+        hi_ok = value <= high if high_inclusive else value < high
+        ok = lo_ok and hi_ok
+    if not ok:
         interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def check_dtype(name: str, t: Tensor, *, boolean: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``t`` is a bool tensor (``boolean``) or a
+    tensor of real numbers (floating or integer: a bool mask or a complex tensor passed where
+    numbers are expected would otherwise be converted silently)."""
+    if boolean:
+        if t.dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool tensor, got dtype {t.dtype}")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must hold real numbers (float or int), got dtype {t.dtype}")
 
 
 def check_tensors(
@@ -199,11 +210,14 @@ def check_tensors(
     *,
     positive: tuple[str, ...] = (),
     required: tuple[str, ...] = (),
+    boolean: tuple[str, ...] = (),
 ) -> None:
     """Validate loss inputs; every message names the offending argument.
 
     Checks: each ``required`` name is present; every present tensor is 1-D, all share one
-    shape, and is finite (no NaN/inf); names in ``positive`` (token counts) are > 0.
+    shape, and is finite (no NaN/inf); names in ``boolean`` are bool tensors and every other
+    tensor holds real numbers (not bool, not complex); names in ``positive`` (token counts)
+    are > 0.
     """
     for name in required:
         if tensors.get(name) is None:
@@ -214,6 +228,7 @@ def check_tensors(
     for name, t in present.items():
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_dtype(name, t, boolean=name in boolean)
         if t.dim() != 1:
             raise ValueError(
                 f"{name} must be 1-D with one value per example, got shape {tuple(t.shape)}"

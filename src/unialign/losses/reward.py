@@ -22,6 +22,7 @@ from torch import Tensor
 from unialign.losses._core import (
     LossOutput,
     LossSpec,
+    check_dtype,
     check_in_range,
     check_positive,
     check_tensors,
@@ -160,6 +161,7 @@ def _check_stacked(name: str, t: Tensor, *, exact_2d: bool = False) -> None:
     the 1-D checks of ``check_tensors`` do not apply to stacked inputs."""
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_dtype(name, t)
     if t.dim() < 2 or (exact_2d and t.dim() != 2) or t.shape[0] == 0:
         want = "2-D" if exact_2d else "at least 2-D ([K, B, ...])"
         raise ValueError(

@@ -46,9 +46,8 @@ def kto(
         batch.tensors(),
         required=("policy", "ref", "desirable", "kl_policy", "kl_ref"),
         positive=("tokens",),
+        boolean=("desirable",),
     )
-    if batch.desirable.dtype != torch.bool:
-        raise ValueError(f"desirable must be a bool tensor, got dtype {batch.desirable.dtype}")
     dt = compute_dtype(batch.policy)
     r = batch.policy.to(dt) - batch.ref.to(dt)
     z0 = (batch.kl_policy.to(dt) - batch.kl_ref.to(dt)).mean().clamp(min=0).detach()
