@@ -1,1 +1,3 @@
-"""Bilevel optimisation: implicit-differentiation hypergradients and A-PARL."""
+"""Bilevel optimisation, generic: implicit-differentiation hypergradients (HVP, CG, Neumann) and
+exact tabular problems to check them against. Imports no engine: the SAC-specific A-PARL
+estimator lives in :mod:`unialign.control.aparl`."""
