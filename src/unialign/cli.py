@@ -6,6 +6,7 @@ Commands:
                                          preference feedback on a small default task
     unialign train control --config F    any control configuration (oracle / pebble / aparl)
     unialign train lm --config F         offline preference training of a causal LM
+    unialign feedback export STORE OUT   labelled completion comparisons → preference JSONL
 
 Configs are typed (pydantic) and validated here, before anything heavy is built; every
 field of a config is also a ``--flag`` that overrides the file.
@@ -68,6 +69,23 @@ def _cmd_train_lm(args: argparse.Namespace) -> int:
     return 130 if summary.get("interrupted") else 0
 
 
+def _cmd_feedback_export(args: argparse.Namespace) -> int:
+    from unialign.feedback.export import export_preference_jsonl
+    from unialign.feedback.store import FeedbackStoreError
+
+    try:
+        report = export_preference_jsonl(
+            args.store, args.out, labeler=args.labeler, fmt=args.format
+        )
+    except FeedbackStoreError as e:
+        print(f"unialign: error: {e}", file=sys.stderr)
+        return 2
+    print(f"unialign: {report}")
+    if report.rows == 0:
+        print("unialign: warning: no preference rows; `unialign train lm` needs at least one")
+    return 0
+
+
 def _overrides(args: argparse.Namespace, model) -> dict:
     return {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
 
@@ -95,6 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle comparison run")
     p.set_defaults(func=_cmd_demo)
+
+    feedback = sub.add_parser("feedback", help="work with a feedback store (SQLite)")
+    fsub = feedback.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = fsub.add_parser(
+        "export",
+        help="write labelled completion comparisons as preference JSONL for `train lm`",
+        description="Write a feedback store's labelled completion comparisons as preference "
+        "JSONL (prompt/chosen/rejected) that `unialign train lm` reads. Ties and skipped labels "
+        "are left out and counted.",
+    )
+    p.add_argument("store", metavar="STORE", help="feedback store file (SQLite)")
+    p.add_argument("out", metavar="OUT.jsonl", help="JSONL file to write")
+    p.add_argument("--labeler", help="only this labeller's labels, e.g. human:ada (default: all)")
+    p.add_argument(
+        "--format",
+        choices=["standard", "conversational"],
+        help="which pairs to write when the store holds both formats",
+    )
+    p.set_defaults(func=_cmd_feedback_export)
 
     train = sub.add_parser("train", help="train from a configuration file")
     tsub = train.add_subparsers(dest="paradigm", metavar="PARADIGM", required=True)
