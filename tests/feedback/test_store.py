@@ -308,7 +308,11 @@ def test_labelled_completion_pairs_by_labeller_with_kinds_and_metadata(tmp_path)
         ({"step": "3"}, "step must be an int"),
         ({"selection": ""}, "selection must name"),
         ({"source": {"x": object()}}, "source must be JSON-serializable"),
-        ({"policy_version": ["a"]}, "policy_versions has 1 entries"),
+        ({"policy_version": ["a"]}, "policy_version has 1 entries for 2 pairs"),
+        (
+            {"prompts": ["a", [{"role": "user", "content": "x", "when": object()}]]},
+            "the messages of pair 1 must be JSON-serializable",
+        ),
     ],
 )
 def test_bad_completion_queries_name_the_parameter(tmp_path, kwargs, match):
@@ -372,3 +376,17 @@ def test_an_unknown_schema_version_is_a_clear_error(tmp_path):
     con.close()
     with pytest.raises(FeedbackStoreError, match="fb.sqlite has feedback-store schema version 9"):
         FeedbackStore(path)
+
+
+def test_completion_pairs_take_and_add_completion_pairs(tmp_path):
+    """Read pairs, reorder them with take(), store them again: new ids, same contents."""
+    with FeedbackStore(tmp_path / "fb.sqlite") as store:
+        store.add_completion_queries(
+            PROMPTS, FIRST, SECOND, step=0, rewards_1=[1.0, 2.0], policy_version=["a", None]
+        )
+        swapped = store.completions([1, 2]).take([1, 0])
+        assert swapped.query_ids.tolist() == [2, 1] and swapped.rewards_1.tolist() == [2.0, 1.0]
+        assert store.add_completion_pairs(swapped, step=1, selection="replay") == [3, 4]
+        again = store.completions([3, 4])
+        assert again.prompts == swapped.prompts and again.policy_versions == [None, "a"]
+        assert again.rewards_1.tolist() == [2.0, 1.0] and torch.isnan(again.rewards_2).all()

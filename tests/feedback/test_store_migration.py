@@ -51,7 +51,8 @@ def _write_v1(path, seg1, seg2):
         (3, 1.0, "human:ada", None),
     ]
     con.executemany(
-        "INSERT INTO labels (query_id, label, labeler, created_at, reason) VALUES (?, ?, ?, 't', ?)",
+        "INSERT INTO labels (query_id, label, labeler, created_at, reason) "
+        "VALUES (?, ?, ?, 't', ?)",
         [(q, y, who, why) for q, y, who, why in labels],
     )
     con.commit()

@@ -230,7 +230,8 @@ def _r(values):
 
 
 def test_scalar_oracle():
-    """R¹ = (3, −1, 2, 0.5), R² = (1, 4, 2, 0.25): 3 > 1 → 1; −1 < 4 → 0; 2 = 2 → ½; 0.5 > 0.25 → 1."""
+    """R¹ = (3, −1, 2, 0.5), R² = (1, 4, 2, 0.25):
+    3 > 1 → 1; −1 < 4 → 0; 2 = 2 → ½; 0.5 > 0.25 → 1."""
     out = _teacher("oracle").label_returns(_r([3, -1, 2, 0.5]), _r([1, 4, 2, 0.25]), RNG)
     assert out.labels.tolist() == [1.0, 0.0, 0.5, 1.0] and out.keep.all()
 

@@ -15,10 +15,6 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
-import numpy as np
-import torch
-from torch import Tensor
-
 STORE_FORMAT = "unialign-feedback"
 SCHEMA_VERSION = 2
 
@@ -205,24 +201,3 @@ def migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('migrated_from_v1_at', ?)", (now(),)
     )
-
-
-# -- codecs ------------------------------------------------------------------------------------
-
-
-def float_blob(t: Tensor) -> bytes:
-    """float32, little-endian, C order (float32 inputs round-trip bit for bit)."""
-    return t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
-
-
-def mask_blob(t: Tensor) -> bytes:
-    """One byte per step: 1 where absorbed, 0 elsewhere."""
-    return t.detach().to("cpu", torch.bool).contiguous().numpy().astype(np.uint8).tobytes()
-
-
-def blob_floats(blob: bytes, *shape: int) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").reshape(shape).astype(np.float32)
-
-
-def blob_mask(blob: bytes, length: int) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.uint8).reshape(length).astype(bool)

@@ -17,8 +17,6 @@ write at once; a writer that finds the file locked waits for its turn instead of
 
 from __future__ import annotations
 
-import json
-import math
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unialign.feedback import schema
+from unialign.feedback import codec, schema
 from unialign.feedback.schema import SCHEMA_VERSION, STORE_FORMAT
 from unialign.feedback.types import CompletionPairs, LabelledCompletions, SegmentBatch, Text
 
@@ -38,14 +36,6 @@ __all__ = ["FeedbackStore", "FeedbackStoreError", "StoreMark", "STORE_FORMAT", "
 
 BUSY_TIMEOUT_S = 30.0
 QUERY_KINDS = ("segment", "completion")
-_SEG_COLS = (
-    "p.segment_length, p.obs_dim, p.act_dim, p.index_1, p.index_2, p.obs_1, p.actions_1, "
-    "p.rewards_1, p.absorbed_1, p.obs_2, p.actions_2, p.rewards_2, p.absorbed_2"
-)
-_COMP_COLS = (
-    "q.id, p.format, p.prompt, p.completion_1, p.completion_2, p.token_ids_1, p.token_ids_2, "
-    "p.policy_version, p.reward_1, p.reward_2"
-)
 _CHUNK = 500  # ids per "IN (...)" lookup, well below SQLite's variable limit
 
 
@@ -193,7 +183,8 @@ class FeedbackStore:
         self, kind: str, created: str, step: int, selection: str, source: str | None
     ) -> int:
         cur = self._conn.execute(
-            "INSERT INTO queries (kind, created_at, step, selection, source) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO queries (kind, created_at, step, selection, source) "
+            "VALUES (?, ?, ?, ?, ?)",
             (kind, created, step, selection, source),
         )
         return int(cur.lastrowid)
@@ -238,11 +229,11 @@ class FeedbackStore:
         head = self._query_head(step, selection, source)
 
         def side(seg: SegmentBatch, i: int) -> tuple:
-            absorbed = None if seg.absorbed is None else schema.mask_blob(seg.absorbed[i])
+            absorbed = None if seg.absorbed is None else codec.mask_blob(seg.absorbed[i])
             return (
-                schema.float_blob(seg.obs[i]),
-                schema.float_blob(seg.actions[i]),
-                schema.float_blob(seg.true_rewards[i]),
+                codec.float_blob(seg.obs[i]),
+                codec.float_blob(seg.actions[i]),
+                codec.float_blob(seg.true_rewards[i]),
                 absorbed,
             )
 
@@ -290,14 +281,19 @@ class FeedbackStore:
             versions = [policy_version] * n
         else:
             versions = list(policy_version)
+            if len(versions) != n:
+                raise ValueError(
+                    f"policy_version has {len(versions)} entries for {n} pairs; pass one value "
+                    "for all pairs or one per pair"
+                )
         pairs = CompletionPairs(
             prompts=list(prompts),
             completions_1=list(completions_1),
             completions_2=list(completions_2),
-            rewards_1=_rewards(rewards_1, n, "rewards_1"),
-            rewards_2=_rewards(rewards_2, n, "rewards_2"),
-            token_ids_1=_token_ids(token_ids_1, n, "token_ids_1"),
-            token_ids_2=_token_ids(token_ids_2, n, "token_ids_2"),
+            rewards_1=codec.rewards_tensor(rewards_1, n, "rewards_1"),
+            rewards_2=codec.rewards_tensor(rewards_2, n, "rewards_2"),
+            token_ids_1=codec.token_id_lists(token_ids_1, n, "token_ids_1"),
+            token_ids_2=codec.token_id_lists(token_ids_2, n, "token_ids_2"),
             policy_versions=[None if v is None else str(v) for v in versions],
         )
         return self.add_completion_pairs(pairs, step=step, selection=selection, source=source)
@@ -314,19 +310,21 @@ class FeedbackStore:
         (its ``query_ids`` are ignored: the store assigns new ones)."""
         head = self._query_head(step, selection, source)
         n = len(pairs)
-        r1 = _rewards(pairs.rewards_1, n, "rewards_1")
-        r2 = _rewards(pairs.rewards_2, n, "rewards_2")
-        t1 = _token_ids(pairs.token_ids_1, n, "token_ids_1")
-        t2 = _token_ids(pairs.token_ids_2, n, "token_ids_2")
+        r1 = codec.rewards_tensor(pairs.rewards_1, n, "rewards_1").tolist()
+        r2 = codec.rewards_tensor(pairs.rewards_2, n, "rewards_2").tolist()
+        t1 = codec.token_id_lists(pairs.token_ids_1, n, "token_ids_1")
+        t2 = codec.token_id_lists(pairs.token_ids_2, n, "token_ids_2")
         rows = []
         for i, fmt in enumerate(pairs.formats):
             texts = (pairs.prompts[i], pairs.completions_1[i], pairs.completions_2[i])
+            if fmt == "conversational":
+                texts = tuple(codec.dump_json(t, f"the messages of pair {i}") for t in texts)
             version = None if pairs.policy_versions is None else pairs.policy_versions[i]
             rows.append(
-                (fmt, *(t if fmt == "standard" else json.dumps(t) for t in texts),
-                 _json_or_none(t1[i]), _json_or_none(t2[i]),
-                 None if version is None else str(version), _float_or_none(r1[i]),
-                 _float_or_none(r2[i]))
+                (fmt, *texts,
+                 codec.json_or_none(t1[i]), codec.json_or_none(t2[i]),
+                 None if version is None else str(version), codec.float_or_none(r1[i]),
+                 codec.float_or_none(r2[i]))
             )  # fmt: skip
         ids = []
         with self._write():
@@ -345,7 +343,7 @@ class FeedbackStore:
             raise ValueError(f"step must be an int (training step or iteration), got {step!r}")
         if not isinstance(selection, str) or not selection:
             raise ValueError(f"selection must name how the pairs were chosen, got {selection!r}")
-        return schema.now(), int(step), selection, _dump_json(source, "source")
+        return schema.now(), int(step), selection, codec.dump_json(source, "source")
 
     # -- writing labels ----------------------------------------------------------------------
 
@@ -388,9 +386,9 @@ class FeedbackStore:
                 f"reason must be a non-empty string (why labels were skipped), got {reason!r}"
             )
         if metadata is None or isinstance(metadata, Mapping):
-            metas = [_dump_json(metadata, "metadata")] * len(ids)
+            metas = [codec.dump_json(metadata, "metadata")] * len(ids)
         else:
-            metas = [_dump_json(m, f"metadata[{j}]") for j, m in enumerate(metadata)]
+            metas = [codec.dump_json(m, f"metadata[{j}]") for j, m in enumerate(metadata)]
             if len(metas) != len(ids):
                 raise ValueError(
                     f"metadata has {len(metas)} entries for {len(ids)} labels; pass one dict per "
@@ -542,18 +540,18 @@ class FeedbackStore:
     def segments(self, query_ids: Sequence[int]) -> tuple[SegmentBatch, SegmentBatch]:
         """The two segments of each query, in the order given (all must be ``segment`` queries)."""
         by_id = self._fetch_by_id(
-            query_ids, "segment", f"SELECT q.id, {_SEG_COLS} FROM queries q "
+            query_ids, "segment", f"SELECT q.id, {codec.SEGMENT_COLUMNS} FROM queries q "
             "JOIN segment_pairs p ON p.query_id = q.id WHERE q.id IN ({})",
         )  # fmt: skip
-        return self._stack_segments([by_id[int(q)][1:] for q in query_ids])
+        return codec.segments_from_rows([by_id[int(q)][1:] for q in query_ids], self.path)
 
     def completions(self, query_ids: Sequence[int]) -> CompletionPairs:
         """The completion pairs of the given ``completion`` queries, in the order given."""
         by_id = self._fetch_by_id(
-            query_ids, "completion", f"SELECT {_COMP_COLS} FROM queries q "
+            query_ids, "completion", f"SELECT {codec.COMPLETION_COLUMNS} FROM queries q "
             "JOIN completion_pairs p ON p.query_id = q.id WHERE q.id IN ({})",
         )  # fmt: skip
-        return _completion_pairs([by_id[int(q)] for q in query_ids])
+        return codec.completions_from_rows([by_id[int(q)] for q in query_ids])
 
     def _fetch_by_id(self, query_ids: Sequence[int], kind: str, sql: str) -> dict[int, tuple]:
         ids = [int(q) for q in query_ids]
@@ -580,14 +578,14 @@ class FeedbackStore:
         Returns ``(seg1, seg2, labels [M] float32)``.
         """
         sql = (
-            f"SELECT {_SEG_COLS}, l.label FROM labels l JOIN queries q ON q.id = l.query_id "
-            "JOIN segment_pairs p ON p.query_id = q.id WHERE l.label IS NOT NULL"
+            f"SELECT {codec.SEGMENT_COLUMNS}, l.label FROM labels l "
+            "JOIN queries q ON q.id = l.query_id JOIN segment_pairs p ON p.query_id = q.id WHERE l.label IS NOT NULL"
         )
         args: tuple[str, ...] = ()
         if labeler is not None:
             sql, args = sql + " AND l.labeler = ?", (labeler,)
         rows = self._conn.execute(sql + " ORDER BY q.id, l.id", args).fetchall()
-        seg1, seg2 = self._stack_segments([r[:-1] for r in rows])
+        seg1, seg2 = codec.segments_from_rows([r[:-1] for r in rows], self.path)
         return seg1, seg2, torch.tensor([r[-1] for r in rows], dtype=torch.float32)
 
     labelled_pairs = labelled_segment_pairs  # round-1 name, kept for existing callers
@@ -596,7 +594,7 @@ class FeedbackStore:
         """Every non-skipped label on a completion query (optionally only ``labeler``'s), with
         its pair; ordered by query id, then label id (a query labelled twice appears twice)."""
         sql = (
-            f"SELECT {_COMP_COLS}, l.label, l.labeler FROM labels l JOIN queries q "
+            f"SELECT {codec.COMPLETION_COLUMNS}, l.label, l.labeler FROM labels l JOIN queries q "
             "ON q.id = l.query_id JOIN completion_pairs p ON p.query_id = q.id "
             "WHERE l.label IS NOT NULL"
         )
@@ -605,50 +603,10 @@ class FeedbackStore:
             sql, args = sql + " AND l.labeler = ?", (labeler,)
         rows = self._conn.execute(sql + " ORDER BY q.id, l.id", args).fetchall()
         return LabelledCompletions(
-            _completion_pairs([r[:-2] for r in rows]),
+            codec.completions_from_rows([r[:-2] for r in rows]),
             torch.tensor([r[-2] for r in rows], dtype=torch.float32),
             [str(r[-1]) for r in rows],
         )
-
-    def _stack_segments(self, rows: list[tuple]) -> tuple[SegmentBatch, SegmentBatch]:
-        if not rows:
-            empty = SegmentBatch(
-                torch.zeros(0, 0, 0),
-                torch.zeros(0, 0, 0),
-                torch.zeros(0, 0),
-                torch.zeros(0, dtype=torch.long),
-            )
-            return empty, empty
-        shapes = {tuple(r[:3]) for r in rows}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"{self.path} mixes segment shapes (H, obs_dim, act_dim) {sorted(shapes)}; "
-                "they cannot be stacked into one batch"
-            )
-        horizon, obs_dim, act_dim = shapes.pop()
-
-        def floats(col: int, *shape: int) -> Tensor:
-            return torch.from_numpy(np.stack([schema.blob_floats(r[col], *shape) for r in rows]))
-
-        def side(first: int, index_col: int) -> SegmentBatch:
-            masks = [r[first + 3] for r in rows]
-            absorbed = None
-            if any(m is not None for m in masks):  # a row stored without a mask has none absorbed
-                absorbed = torch.from_numpy(
-                    np.stack([
-                        np.zeros(horizon, bool) if m is None else schema.blob_mask(m, horizon)
-                        for m in masks
-                    ])
-                )  # fmt: skip
-            return SegmentBatch(
-                obs=floats(first, horizon, obs_dim),
-                actions=floats(first + 1, horizon, act_dim),
-                true_rewards=floats(first + 2, horizon),
-                indices=torch.tensor([r[index_col] for r in rows], dtype=torch.long),
-                absorbed=absorbed,
-            )
-
-        return side(5, 3), side(9, 4)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -662,87 +620,3 @@ def _check_kind(kind: str) -> None:
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
     for start in range(0, len(ids), _CHUNK):
         yield ids[start : start + _CHUNK]
-
-
-def _dump_json(value: object, what: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{what} must be JSON-serializable (dicts, lists, strings, finite numbers): {err}"
-        ) from err
-
-
-def _json_or_none(value: object) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _float_or_none(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
-def _rewards(values: Tensor | Sequence[float | None] | None, n: int, what: str) -> Tensor:
-    """``[n]`` float64, NaN where unknown (None, NaN, or no rewards at all)."""
-    if values is None:
-        return torch.full((n,), math.nan, dtype=torch.float64)
-    if isinstance(values, Tensor):
-        out = values.detach().to("cpu", torch.float64).reshape(-1)
-    else:
-        out = torch.tensor(
-            [math.nan if v is None else float(v) for v in values], dtype=torch.float64
-        )
-    if out.shape != (n,):
-        raise ValueError(
-            f"{what} must have one reward per pair ({n}), got shape {tuple(out.shape)}"
-        )
-    if torch.isinf(out).any():
-        raise ValueError(f"{what} must be finite (None or NaN marks an unknown reward)")
-    return out
-
-
-def _token_ids(
-    values: Sequence[Sequence[int] | None] | None, n: int, what: str
-) -> list[list[int] | None]:
-    if values is None:
-        return [None] * n
-    if len(values) != n:
-        raise ValueError(f"{what} has {len(values)} entries for {n} pairs")
-    out: list[list[int] | None] = []
-    for i, ids in enumerate(values):
-        if ids is None:
-            out.append(None)
-            continue
-        seq = ids.tolist() if isinstance(ids, Tensor | np.ndarray) else list(ids)
-        if not all(
-            isinstance(t, int | np.integer) and not isinstance(t, bool) and t >= 0 for t in seq
-        ):
-            raise ValueError(f"{what}[{i}] must be a list of non-negative ints (token ids)")
-        out.append([int(t) for t in seq])
-    return out
-
-
-def _completion_pairs(rows: list[tuple]) -> CompletionPairs:
-    """Rows of ``_COMP_COLS`` → one container (texts decoded per the row's format)."""
-
-    def text(fmt: str, value: str) -> Text:
-        return value if fmt == "standard" else json.loads(value)
-
-    def ids(value: str | None) -> list[int] | None:
-        return None if value is None else json.loads(value)
-
-    def reward(value: float | None) -> float:
-        return math.nan if value is None else value
-
-    return CompletionPairs(
-        prompts=[text(r[1], r[2]) for r in rows],
-        completions_1=[text(r[1], r[3]) for r in rows],
-        completions_2=[text(r[1], r[4]) for r in rows],
-        rewards_1=torch.tensor([reward(r[8]) for r in rows], dtype=torch.float64),
-        rewards_2=torch.tensor([reward(r[9]) for r in rows], dtype=torch.float64),
-        token_ids_1=[ids(r[5]) for r in rows],
-        token_ids_2=[ids(r[6]) for r in rows],
-        policy_versions=[r[7] for r in rows],
-        query_ids=torch.tensor([r[0] for r in rows], dtype=torch.long),
-    )

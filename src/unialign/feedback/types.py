@@ -186,19 +186,25 @@ class CompletionPairs:
 
     def take(self, idx: Sequence[int]) -> CompletionPairs:
         """The pairs at positions ``idx``, in that order."""
-        idx = [int(i) for i in idx]
-        pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
-        tensor = lambda t: None if t is None else t[torch.as_tensor(idx, dtype=torch.long)]  # noqa: E731
+        rows = [int(i) for i in idx]
+        index = torch.as_tensor(rows, dtype=torch.long)
+
+        def pick(seq: Sequence | None) -> list | None:
+            return None if seq is None else [seq[i] for i in rows]
+
+        def pick_tensor(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index.to(t.device)]
+
         return CompletionPairs(
             pick(self.prompts),
             pick(self.completions_1),
             pick(self.completions_2),
-            tensor(self.rewards_1),
-            tensor(self.rewards_2),
+            pick_tensor(self.rewards_1),
+            pick_tensor(self.rewards_2),
             pick(self.token_ids_1),
             pick(self.token_ids_2),
             pick(self.policy_versions),
-            tensor(self.query_ids),
+            pick_tensor(self.query_ids),
         )
 
 
