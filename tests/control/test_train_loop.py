@@ -9,7 +9,7 @@ from unialign.cli import main
 from unialign.config import ConfigError, load_config
 from unialign.control.config import ControlConfig
 from unialign.control.demo import demo_config
-from unialign.control.train import train_control
+from unialign.control.train import ExperimentalWarning, train_control
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +55,18 @@ def test_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_pa
     assert a["step"] == b["step"] == full.total_steps
     for (ka, va), (kb, vb) in zip(a["agent"]["actor"].items(), b["agent"]["actor"].items()):
         assert ka == kb and torch.equal(va, vb), ka
-    for (ka, va), (_kb, vb) in zip(a["reward_model"].items(), b["reward_model"].items()):
+    ra, rb = a["learner"]["model"], b["learner"]["model"]
+    for (ka, va), (_kb, vb) in zip(ra.items(), rb.items()):
         if isinstance(va, torch.Tensor):
             assert torch.equal(va, vb), ka
     la = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     lb = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert la == lb
+
+
+def test_experimental_algorithms_say_so(tmp_path):
+    with pytest.warns(ExperimentalWarning, match="aparl.*docs/aparl.md"):
+        train_control(_tiny(tmp_path, "exp", total_steps=400, unsup_steps=50), stop_after=1)
 
 
 def test_existing_run_directory_needs_resume(tmp_path):

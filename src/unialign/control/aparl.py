@@ -35,17 +35,21 @@ environment interaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from unialign.bilevel.hypergrad import cross_vjp, grad_or_zeros, inverse_hvp, list_dot, list_norm
+from unialign.control.buffer import RewardFn
+from unialign.control.components import FitContext
+from unialign.control.learners import BradleyTerryLearner
 from unialign.control.types import SegmentBatch
 from unialign.losses.reward import ensemble_preference_cross_entropy
 
 __all__ = [
+    "APARLLearner",
     "aparl_reward_gradient",
     "gaussian_kl_to_frozen",
     "segment_log_prob",
@@ -188,3 +192,83 @@ def aparl_reward_gradient(
     metrics["aparl/negative_curvature"] = float(sol.negative_curvature)
     metrics["aparl/score_grad_norm"] = list_norm(g_theta)
     return total, metrics
+
+
+class APARLLearner:
+    """PEBBLE's reward learner followed by ``steps`` A-PARL-corrected reward updates per fit.
+
+    Experimental (``docs/aparl.md``): on the committed benchmark it does not beat PEBBLE yet.
+    Each corrected update takes a minibatch of ``batch_size`` labelled pairs and
+    ``lower_states`` replay states, computes :func:`aparl_reward_gradient` with the agent's
+    actor and temperature, and steps the ensemble's optimiser.
+
+    Args:
+        base: the Bradley–Terry learner (its model and optimiser are the ones updated).
+        steps: corrected updates per fit (0: exactly PEBBLE).
+        batch_size: labelled pairs per corrected update.
+        lower_states: replay states on which the lower-level objective is formed.
+        cg_iters, damping: conjugate gradient on the damped curvature.
+        correction_weight: scale of the implicit term (0: the ablation with BT-only updates).
+    """
+
+    def __init__(
+        self,
+        base: BradleyTerryLearner,
+        *,
+        steps: int,
+        batch_size: int,
+        lower_states: int,
+        cg_iters: int = 10,
+        damping: float = 1e-2,
+        correction_weight: float = 1.0,
+    ) -> None:
+        if steps < 0 or batch_size < 1 or lower_states < 1:
+            raise ValueError(
+                f"need steps >= 0, batch_size >= 1, lower_states >= 1; got {steps}, "
+                f"{batch_size}, {lower_states}"
+            )
+        self.base, self.steps, self.batch_size = base, steps, batch_size
+        self.lower_states, self.cg_iters, self.damping = lower_states, cg_iters, damping
+        self.correction_weight = correction_weight
+
+    def reward_fn(self) -> RewardFn:
+        return self.base.reward_fn()
+
+    def preference_probs(self, seg1: SegmentBatch, seg2: SegmentBatch) -> Tensor:
+        return self.base.preference_probs(seg1, seg2)
+
+    def fit(
+        self, seg1: SegmentBatch, seg2: SegmentBatch, labels: Tensor, ctx: FitContext
+    ) -> dict[str, float]:
+        metrics = self.base.fit(seg1, seg2, labels, ctx)
+        model = self.base.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        diag: dict[str, float] = {}
+        for _ in range(self.steps):
+            take = ctx.rng.choice(
+                len(labels), size=min(self.batch_size, len(labels)), replace=False
+            )
+            states = ctx.buffer.sample(self.lower_states, ctx.device).obs
+            grads, diag = aparl_reward_gradient(
+                model,
+                ctx.agent.actor,
+                seg1.take(take),
+                seg2.take(take),
+                labels[torch.as_tensor(take, device=labels.device)],
+                obs_for_lower=states,
+                alpha=float(ctx.agent.alpha),
+                cg_iters=self.cg_iters,
+                damping=self.damping,
+                correction_weight=self.correction_weight,
+            )
+            model.optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(params, grads):
+                p.grad = g.detach()
+            model.optimizer.step()
+        return {**metrics, **diag}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.base.load_state_dict(state)

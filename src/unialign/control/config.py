@@ -9,9 +9,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from unialign.control.algorithms import ALGORITHMS
+
 
 class ControlConfig(BaseModel):
-    """Preference-based RL on a control task: ``oracle``, ``pebble`` or ``aparl``."""
+    """Preference-based RL on a control task; ``algo`` names an entry of
+    :data:`unialign.control.algorithms.ALGORITHMS` (``oracle``, ``pebble``, ``aparl``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -20,9 +23,12 @@ class ControlConfig(BaseModel):
         "Pendulum-v1",
         description="environment id: Gymnasium id, gym:ID, dmc:DOMAIN-TASK or metaworld:TASK-v3",
     )
-    algo: Literal["oracle", "pebble", "aparl"] = Field(
+    algo: Literal[tuple(ALGORITHMS)] = Field(  # type: ignore[valid-type]
         "aparl",
-        description="oracle: SAC on the true reward; pebble: reward learning + relabelling; aparl: pebble + the A-PARL hypergradient correction",
+        description="; ".join(
+            f"{a.name}: {a.description}" + (" (experimental)" if a.experimental else "")
+            for a in ALGORITHMS.values()
+        ),
     )
     seed: int = Field(0, description="random seed (environment resets, networks, sampling)")
     output_dir: str = Field(
@@ -133,18 +139,12 @@ class ControlConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ControlConfig:
-        if (
-            self.algo != "oracle"
-            and self.max_queries > 0
-            and self.queries_per_round > self.max_queries
-        ):
+        learns_reward = ALGORITHMS[self.algo].learns_reward
+        if learns_reward and self.max_queries > 0 and self.queries_per_round > self.max_queries:
             raise ValueError(
                 f"queries_per_round ({self.queries_per_round}) exceeds max_queries ({self.max_queries})"
             )
-        if (
-            self.random_steps + (0 if self.algo == "oracle" else self.unsup_steps)
-            >= self.total_steps
-        ):
+        if self.random_steps + (self.unsup_steps if learns_reward else 0) >= self.total_steps:
             raise ValueError(
                 "random_steps + unsup_steps must be smaller than total_steps, "
                 f"got {self.random_steps} + {self.unsup_steps} >= {self.total_steps}"

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from unialign.control.types import SegmentBatch
 
-__all__ = ["QUERY_METHODS", "PreferenceModel", "select_queries", "QuerySchedule"]
+__all__ = ["QUERY_METHODS", "PreferenceModel", "select_queries", "PoolSelector", "QuerySchedule"]
 
 QUERY_METHODS = ("uniform", "disagreement", "entropy")
 
@@ -69,6 +69,42 @@ def select_queries(
     )
     order = torch.argsort(-score.cpu(), stable=True)
     return order[:n].numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PoolSelector:
+    """Choose n queries from a pool of ``pool_factor × n`` candidate pairs by ``method``.
+
+    The first round is always ``uniform`` (B-Pref): an untrained ensemble's disagreement is
+    noise. Stateless: whether a round is the first comes from the loop (the feedback store).
+    """
+
+    method: Literal["uniform", "disagreement", "entropy"] = "disagreement"
+    pool_factor: int = 10
+
+    def __post_init__(self) -> None:
+        if self.method not in QUERY_METHODS:
+            raise ValueError(
+                f"unknown query selection {self.method!r}; choose from {QUERY_METHODS}"
+            )
+        if self.pool_factor < 1:
+            raise ValueError(f"pool_factor must be >= 1, got {self.pool_factor}")
+
+    def pool_size(self, n: int) -> int:
+        return n * self.pool_factor
+
+    def select(
+        self,
+        seg1: SegmentBatch,
+        seg2: SegmentBatch,
+        learner: PreferenceModel,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        first_round: bool,
+    ) -> tuple[np.ndarray, str]:
+        method = "uniform" if first_round else self.method
+        return select_queries(seg1, seg2, learner, n, method, rng), method
 
 
 @dataclass
