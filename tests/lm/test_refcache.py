@@ -170,3 +170,29 @@ def test_adapter_disabled_gives_the_base_model(tok, pairs):
     assert grads and all(g is not None for g in grads.values())
     with pytest.raises(TypeError, match="disable_adapter"), adapter_disabled(base):
         pass
+
+
+def test_cache_write_killed_midway_is_never_read(tmp_path, monkeypatch):
+    """An entry appears and is replaced only by renames: a write that dies after its tensors
+    (before its manifest) leaves the old entry readable and no new one; the hidden temporary
+    directory a ``kill -9`` would leave behind is not an entry."""
+    from unialign.lm import refcache
+
+    cache = ReferenceCache(tmp_path / "ref")
+    old, new = "ab" * 32, "cd" * 32
+    cache.store(old, {"chosen": torch.ones(3), "rejected": torch.zeros(3)})
+
+    def dies(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(refcache.json, "dumps", dies)  # the manifest is written second
+    for fp in (old, new):
+        with pytest.raises(RuntimeError, match="killed"):
+            cache.store(fp, {"chosen": torch.full((3,), 7.0), "rejected": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(cache.load(old)["chosen"], torch.ones(3))
+    assert new not in cache and cache.load(new) is None
+    (tmp_path / "ref" / f".{new[:16]}-leftover").mkdir()  # what kill -9 leaves
+    (tmp_path / "ref" / f".{new[:16]}-leftover" / ReferenceCache.FILE).write_bytes(b"\0" * 8)
+    assert new not in cache
+    assert [p.name for p in (tmp_path / "ref").iterdir() if not p.name.startswith(".")] == [old]

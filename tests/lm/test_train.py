@@ -4,7 +4,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,11 @@ from unialign.lm import train as train_mod
 from unialign.lm.tiny import save_tiny, synthetic_preferences
 
 ROOT = Path(__file__).resolve().parents[2]
+# At step 1 π_θ = π_ref, up to the reduction order: the reference log-probs ℓ come from another
+# packing (the whole data set, or a separate forward) than the policy's. ℓ ≈ 10² in float32
+# (resolution ~1e-5), so a few ulps of ℓ, times β ≤ 1/2 in the loss's first-order term, stay
+# well below this; a misaligned reference would move the loss by O(β·|ℓ_i − ℓ_j|) ≈ O(1).
+STEP1_ABS = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def test_cli_run_learns_and_writes_outputs(tmp_path, tiny):
     run = tmp_path / "run"
     lines = [m for m in _metrics(run) if "loss/total" in m]
     assert [m["step"] for m in lines] == list(range(1, 21))
-    assert lines[0]["loss/total"] == pytest.approx(math.log(2), abs=1e-5)
+    assert lines[0]["loss/total"] == pytest.approx(math.log(2), abs=STEP1_ABS)
     assert sum(m["loss/total"] for m in lines[-3:]) / 3 < lines[0]["loss/total"] - 0.2
     assert lines[-1]["rewards/accuracies"] == 1.0
     for key in ("rewards/margins", "lm/tokens_per_s", "lm/lr", "lm/grad_norm"):
@@ -135,7 +139,7 @@ def test_unpaired_kto_run(tmp_path, tiny):
     assert main(["train", "lm", "--config", str(cfg)]) == 0
     lines = _metrics(tmp_path / "run")
     # step 1: π_θ = π_ref ⇒ r = z₀ = 0 ⇒ every loss is 1 − σ(0) = 0.5
-    assert lines[0]["loss/total"] == pytest.approx(0.5, abs=1e-6)
+    assert lines[0]["loss/total"] == pytest.approx(0.5, abs=STEP1_ABS)
     assert "kl/baseline" in lines[0]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "eval/loss" in summary["eval"] and "eval/accuracy" in summary["eval"]
@@ -150,13 +154,14 @@ def test_reference_free_and_on_the_fly_reference(tmp_path, tiny):
     assert not (tmp_path / "run" / "ref_cache").exists()
     cfg = _config(tmp_path, tiny, precompute_ref=False, max_steps=1, output_dir=str(tmp_path / "b"))
     assert main(["train", "lm", "--config", str(cfg)]) == 0
-    assert _metrics(tmp_path / "b")[0]["loss/total"] == pytest.approx(math.log(2), abs=1e-5)
+    assert _metrics(tmp_path / "b")[0]["loss/total"] == pytest.approx(math.log(2), abs=STEP1_ABS)
 
 
 @pytest.mark.slow  # three process start-ups: ~40 s of CPU on 2 cores
 def test_benchmark_tiny_mode(tmp_path):
-    """The throughput benchmark's --tiny mode runs end to end (TRL and unialign on CPU)."""
-    t0 = time.perf_counter()
+    """The throughput benchmark's --tiny mode runs end to end (TRL and unialign on CPU). No
+    timing assertion: how long it takes is the benchmark's output, not a property to test; the
+    subprocess timeout only keeps a hung run from hanging the suite."""
     res = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "lm_throughput.py"), "--tiny",
          "--out", str(tmp_path / "bench.json")],
@@ -167,4 +172,3 @@ def test_benchmark_tiny_mode(tmp_path):
     assert {r["name"] for r in out["runs"]} >= {"trl_default", "unialign"}
     for r in out["runs"]:
         assert r["tokens_per_s"] > 0 and math.isfinite(r["step1_loss"])
-    assert time.perf_counter() - t0 < 120

@@ -148,10 +148,13 @@ def test_logps_and_losses_match_trl(tmp_path, models, fmt):
         )
         ours_loss = float(get_loss(name).fn(same_inputs, beta=BETA, **kwargs).losses.mean())
         assert ours_loss == pytest.approx(trl_loss, abs=1e-5), (name, trl_settings)
-        # and end to end on our log-probs, where the loss is smooth in them at this scale
+        # and end to end on our log-probs, where the loss is smooth in them at this scale. Our
+        # packed log-probs may differ from TRL's padded ones by the tolerance above (~1e-4 at
+        # |ℓ| ≈ 10²: another reduction order); z moves by β per unit of each of the 4 log-probs
+        # of a pair and these losses by ≲ 2 per unit of z, so ≲ 1e-4 (measured: ≤ 2.4e-6).
         if name not in ("sppo_hard", "ipo"):
             e2e = float(get_loss(name).fn(ours_batch, beta=BETA, **kwargs).losses.mean())
-            assert e2e == pytest.approx(trl_loss, abs=1e-5), (name, trl_settings)
+            assert e2e == pytest.approx(trl_loss, abs=1e-4), (name, trl_settings)
         checked += 1
     for h in hooks:
         h.handle.remove()
