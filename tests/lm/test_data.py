@@ -135,6 +135,113 @@ def test_loader_errors(tmp_path):
     assert "save_to_disk" in _err(load_records, tmp_path / "dir")
 
 
+def _parquet_bytes(tmp_path) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(synthetic_preferences(20)), tmp_path / "ok.parquet")
+    return (tmp_path / "ok.parquet").read_bytes()
+
+
+# (file name, content, fragments the message must contain: the file, the line, what to do)
+READ_ERRORS = [
+    (
+        "latin1.jsonl",
+        b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "caf\xe9"}\n',
+        ["row 2 (0-based)", "line 3 (1-based), byte 16: not valid UTF-8", "save the file as UTF-8"],
+    ),
+    (
+        "latin1.json",
+        b'[\n  {"prompt": "a"},\n  {"prompt": "\xe9t\xe9"}\n]\n',
+        ["line 3 (1-based), byte 15: not valid UTF-8", "save the file as UTF-8"],
+    ),
+    (
+        "latin1.csv",
+        b"prompt,chosen,rejected\nq,a,b\nq,caf\xe9,b\n",
+        ["line 3 (1-based), byte 6: not valid UTF-8", "save the file as UTF-8"],
+    ),
+    (
+        "bad_line.jsonl",
+        b'{"prompt": "a"}\n\n{"prompt": "b",}\n[1, 2]\n',
+        [
+            "row 1 (0-based): line 3 (1-based) is not valid JSON",
+            "row 2 (0-based): line 4 (1-based): expected a JSON object (one row), got a list",
+        ],
+    ),
+    (
+        "bad_syntax.json",
+        b'[\n  {"prompt": "a"},\n  {"prompt": }\n]\n',
+        ["line 3 (1-based), column 14: not valid JSON", "fix the syntax there"],
+    ),
+    (
+        "quote.csv",
+        b'prompt,chosen,rejected\nq,a,b\nq,"a"x,b\n',
+        ["line 3 (1-based): not valid CSV", "double every quote"],
+    ),
+    (
+        "unclosed.csv",
+        b'prompt,chosen,rejected\nq,a,b\nq,"a,b\nq,a,b\n',
+        ["lines 3-4 (1-based): not valid CSV", "unexpected end of data", "double quotes"],
+    ),
+    (
+        "fields.csv",
+        b"prompt,chosen,rejected\nq,a,b\nq,a, b,c\nq,a\n",
+        [
+            "row 1 (0-based): line 3 (1-based): 4 fields, but the header has 3",
+            "row 2 (0-based): line 4 (1-based): 2 fields, but the header has 3",
+            'put double quotes around fields that contain commas ("a, b")',
+        ],
+    ),
+    ("truncated.parquet", None, ["cannot read as Parquet", "truncated", "write it again"]),
+    *[
+        (f"empty.{ext}", b"", ["empty file (0 bytes)"])
+        for ext in ("jsonl", "json", "csv", "parquet")
+    ],
+    ("header_only.csv", b"prompt,chosen,rejected\n", ["empty file: no rows"]),
+    ("blank.jsonl", b"\n  \n", ["empty file: no rows"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"), READ_ERRORS, ids=[c[0] for c in READ_ERRORS]
+)
+def test_read_errors_name_the_file_and_line(tmp_path, name, content, fragments):
+    if content is None:  # a Parquet file cut in the middle
+        content = _parquet_bytes(tmp_path)[:-100]
+    (tmp_path / name).write_bytes(content)
+    msg = _err(load_records, tmp_path / name)
+    assert str(tmp_path / name) in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+
+
+def test_directory_that_is_not_a_saved_dataset(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "rows.jsonl").write_text('{"prompt": "a"}\n')
+    msg = _err(load_records, tmp_path / "d")
+    assert str(tmp_path / "d") in msg and "not one written by datasets' save_to_disk" in msg
+    assert "Point to a data file or a saved dataset" in msg
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    rows = synthetic_preferences(2)
+    (tmp_path / "bom.csv").write_bytes(
+        b"\xef\xbb\xbfprompt,chosen,rejected\n"
+        + "".join(f"{r['prompt']},{r['chosen']},{r['rejected']}\n" for r in rows).encode()
+    )
+    assert load_records(tmp_path / "bom.csv") == rows
+    (tmp_path / "bom.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + _write_jsonl(tmp_path / "x", rows).read_bytes()
+    )
+    assert load_records(tmp_path / "bom.jsonl") == rows
+
+
+def test_load_preference_data_reports_read_errors(tmp_path, tok):
+    (tmp_path / "p.jsonl").write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "\xff"}\n')
+    msg = _err(load_preference_data, tmp_path / "p.jsonl", tok, max_length=64)
+    assert "p.jsonl" in msg and "line 1 (1-based)" in msg and "not valid UTF-8" in msg
+
+
 # ---------------------------------------------------------------------------- format detection
 
 

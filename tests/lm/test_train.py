@@ -131,6 +131,16 @@ def test_paired_loss_on_unpaired_data_names_the_field(tmp_path, tiny, monkeypatc
     assert "format: objective 'sigmoid' needs paired data" in capsys.readouterr().err
 
 
+def test_unreadable_data_file_names_the_file_and_line(tmp_path, tiny, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "load_policy", lambda *a, **k: pytest.fail("model loaded"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "\xff"}\n')
+    assert main(["train", "lm", "--config", str(_config(tmp_path, tiny, train_data=str(bad)))]) == 2
+    err = capsys.readouterr().err
+    assert f"train_data/eval_data: 1 problem in {bad}" in err
+    assert "line 2 (1-based), byte 13: not valid UTF-8" in err and "save the file as UTF-8" in err
+
+
 @pytest.mark.integration
 def test_unpaired_kto_run(tmp_path, tiny):
     """KTO on {prompt, completion, label} rows; the KL baseline uses mismatched completions."""

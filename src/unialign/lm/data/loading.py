@@ -1,13 +1,19 @@
 """Reading rows from disk: JSONL, JSON, Parquet, CSV, or a ``datasets`` ``save_to_disk``
 directory (with an optional split, ``split=...`` or a ``"path:split"`` suffix).
 
-:func:`load_records` returns the rows as plain dicts and raises :class:`DataError` for a missing,
-unknown, unreadable or empty source, naming the line of every unreadable JSON line at once.
+:func:`load_records` returns the rows as plain dicts. Every error met while reading is a
+:class:`DataError` that names the file, the line where the format has lines, and what to do:
+a missing, unknown, unreadable or empty source; bytes that are not UTF-8 (line and byte
+column); JSON syntax (line and column; in JSON lines every bad line at once); CSV quoting and
+rows whose field count differs from the header's (line); an unreadable Parquet file or saved
+dataset. Text files are read as UTF-8, with or without a byte-order mark.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,10 @@ def load_records(path: str | Path, *, split: str | None = None) -> list[dict]:
     source = str(p) if split is None else f"{p}:{split}"
     if not p.exists():
         raise DataError(f"{p}: file not found.")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataError(
+            f"{p}: empty file (0 bytes): no rows. Point to a file with preference rows."
+        )
     if p.is_dir():
         records = _load_dataset_dir(p, split, source)
     else:
@@ -77,41 +87,85 @@ def load_records(path: str | Path, *, split: str | None = None) -> list[dict]:
     return records
 
 
+_WHAT_TO_DO_UTF8 = "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE)"
+
+
+def _read_bytes(p: Path) -> bytes:
+    """The file's bytes without a UTF-8 byte-order mark."""
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DataError(
+            f"{p}: cannot read ({e.strerror or e}); check the path and its permissions."
+        ) from None
+    return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+
+
+def _not_utf8(data: bytes, e: UnicodeDecodeError, first_line: int = 1) -> str:
+    """Where ``e`` is in ``data`` (1-based line and byte column) and what to do."""
+    line = first_line + data.count(b"\n", 0, e.start)
+    col = e.start - data.rfind(b"\n", 0, e.start)
+    return (
+        f"line {line} (1-based), byte {col}: not valid UTF-8 ({e.reason}: "
+        f"{data[e.start : e.end]!r}); {_WHAT_TO_DO_UTF8}"
+    )
+
+
+def _read_text(p: Path) -> str:
+    data = _read_bytes(p)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: {_not_utf8(data, e)}.") from None
+
+
 def _load_jsonl(p: Path) -> list[dict]:
     records: list[Any] = []
     problems: list[Problem] = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                problems.append(
-                    Problem(
-                        str(p),
-                        len(records),
-                        None,
-                        f"line {lineno} (1-based) is not valid JSON ({e.msg} at column {e.colno});"
-                        " each line must be one JSON object",
-                    )
-                )
-                records.append(None)
+
+    def problem(message: str) -> None:
+        problems.append(Problem(str(p), len(records), None, message))
+        records.append(None)
+
+    for lineno, raw in enumerate(_read_bytes(p).split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problem(_not_utf8(raw, e, first_line=lineno))
+            continue
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            problem(
+                f"line {lineno} (1-based) is not valid JSON ({e.msg} at column {e.colno});"
+                " each line must be one JSON object"
+            )
+            continue
+        if not isinstance(value, dict):
+            problem(
+                f"line {lineno} (1-based): expected a JSON object (one row), got {_describe(value)}"
+            )
+            continue
+        records.append(value)
     _raise_if(problems, str(p), "unreadable JSON lines")
     return records
 
 
 def _load_json(p: Path) -> list[dict]:
-    text = p.read_text(encoding="utf-8")
+    text = _read_text(p)
     if not text.strip():
         return []
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON lines in a .json file
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON lines in a .json file
             return _load_jsonl(p)
         raise DataError(
-            f"{p}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})."
+            f"{p}: line {e.lineno} (1-based), column {e.colno}: not valid JSON ({e.msg}). "
+            "A .json file holds one list of row objects (or JSON lines: one object per line); "
+            "fix the syntax there."
         ) from None
     if isinstance(data, dict):
         raise DataError(
@@ -129,7 +183,11 @@ def _load_parquet(p: Path) -> list[dict]:
     try:
         return pq.read_table(p).to_pylist()
     except Exception as e:  # noqa: BLE001 - report any reader failure as a data error
-        raise DataError(f"{p}: cannot read as Parquet ({type(e).__name__}: {e}).") from e
+        raise DataError(
+            f"{p}: cannot read as Parquet ({type(e).__name__}: {e}). The file is truncated, "
+            "damaged or not Parquet: write it again (e.g. Dataset.to_parquet, "
+            "DataFrame.to_parquet) or convert it to JSON lines."
+        ) from e
 
 
 def _csv_cell(key: str, value: str | None) -> Any:
@@ -154,12 +212,50 @@ def _csv_cell(key: str, value: str | None) -> Any:
 
 
 def _load_csv(p: Path) -> list[dict]:
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        return [
-            {k: _csv_cell(k, v) for k, v in row.items() if k is not None and k != ""}
-            for row in reader
-        ]
+    # strict: an unclosed quote or text after a closing quote is an error, not a silently
+    # merged or truncated field
+    reader = csv.DictReader(io.StringIO(_read_text(p), newline=""), strict=True)
+    records: list[dict] = []
+    problems: list[Problem] = []
+    end = 0  # the last line read; a record spans lines end + 1 ... (a quoted field may span lines)
+
+    def where(start: int) -> str:
+        last = reader.reader.line_num  # lines read so far (DictReader's own lags on errors)
+        return f"line {last}" if last <= start else f"lines {start}-{last}"
+
+    while True:
+        try:
+            if end == 0:
+                header = reader.fieldnames  # reads the header line
+                if header is None:
+                    break
+                end = reader.reader.line_num
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise DataError(
+                f"{p}: {where(end + 1)} (1-based): not valid CSV ({e}). Put double quotes around "
+                "a field that contains a comma, a quote or a line break, and double every quote "
+                'inside it ("").'
+            ) from None
+        n_header = len(header)
+        extra, missing = row.get(None), [k for k, v in row.items() if k is not None and v is None]
+        if extra or missing:
+            n = n_header + len(extra or ()) - len(missing)
+            problems.append(
+                Problem(
+                    str(p),
+                    len(records),
+                    None,
+                    f"{where(end + 1)} (1-based): {n} fields, but the header has {n_header}; put "
+                    'double quotes around fields that contain commas ("a, b")',
+                )
+            )
+        records.append({k: _csv_cell(k, v) for k, v in row.items() if k is not None and k != ""})
+        end = reader.reader.line_num
+    _raise_if(problems, str(p), "rows with the wrong number of fields")
+    return records
 
 
 def _load_dataset_dir(p: Path, split: str | None, source: str) -> list[dict]:
@@ -187,4 +283,10 @@ def _load_dataset_dir(p: Path, split: str | None, source: str) -> list[dict]:
             f"{p}: split {split!r} requested, but this directory holds a single Dataset "
             "(no splits); drop the split."
         )
-    return ds.to_list()
+    try:
+        return ds.to_list()
+    except Exception as e:  # noqa: BLE001 - e.g. a truncated Arrow file
+        raise DataError(
+            f"{p}: cannot read the saved dataset ({type(e).__name__}: {e}); save it again "
+            "with save_to_disk."
+        ) from e
