@@ -220,10 +220,9 @@ def test_existing_output_and_failures_leave_no_partial_directory(gguf_file, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "model"]
 
 
-def test_module_entry_point(gguf_file, tmp_path, capsys):
-    qtype, path = gguf_file
-    if qtype != "F32":
-        pytest.skip("the entry point is format-independent")
+def test_module_entry_point(tmp_path, reference, tok, capsys):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, reference, tok)
     assert main([str(path), str(tmp_path / "m"), "--dtype", "bfloat16"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").dtype == torch.bfloat16
