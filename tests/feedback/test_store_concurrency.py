@@ -70,3 +70,33 @@ def test_eight_writers_at_once_lose_nothing(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
     print(f"8 writers: {elapsed:.1f} s")
+
+
+def _create_worker(path, worker, barrier, errors):
+    try:
+        barrier.wait(timeout=60)
+        with FeedbackStore(path) as store:  # every worker finds the file new, or half-made
+            store.add_completion_queries(["p"], [f" w{worker}"], [" b"], step=worker)
+    except BaseException as err:
+        errors.put(f"worker {worker}: {type(err).__name__}: {err}")
+        raise
+
+
+def test_processes_creating_one_new_store_at_once(tmp_path):
+    """The schema is created once (inside BEGIN IMMEDIATE, re-checked); every write lands."""
+    path = tmp_path / "new.sqlite"
+    ctx = mp.get_context("fork")
+    barrier, errors = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_create_worker, args=(path, w, barrier, errors)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    messages = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert [p.exitcode for p in procs] == [0] * 4, messages
+    with FeedbackStore(path) as store:
+        assert store.count_queries(kind="completion") == 4
+        assert sorted(store.completions([1, 2, 3, 4]).completions_1) == [" w0", " w1", " w2", " w3"]
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*) FROM meta WHERE key = 'format'").fetchone() == (1,)
+    con.close()

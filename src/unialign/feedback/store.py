@@ -18,6 +18,7 @@ write at once; a writer that finds the file locked waits for its turn instead of
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class FeedbackStore:
     def _open(self) -> None:
         self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if not self._tables():
-            self._conn.execute("PRAGMA journal_mode = WAL")  # an empty file: ours to set up
+            self._set_wal()  # an empty file: ours to set up
             with self._write():
                 if not self._tables():  # another process may have created it meanwhile
                     for statement in schema.SCHEMA_V2:
@@ -139,11 +140,27 @@ class FeedbackStore:
                 f"{self.path} has feedback-store schema version {version}; this unialign reads "
                 f"versions 1 (migrated on opening) and {SCHEMA_VERSION}"
             )
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._set_wal()
         # WAL + NORMAL: a killed process loses nothing committed; only an OS crash or power
         # loss can undo the last transactions (the file stays consistent either way).
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA foreign_keys = ON")
+
+    def _set_wal(self) -> None:
+        """``PRAGMA journal_mode = WAL``, retried: while another process creates or converts
+        the file, the switch fails with "database is locked" at once instead of waiting on
+        the busy timeout (seen with several processes opening one new store)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL").fetchall()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
 
     def _check_meta(self) -> str | None:
         tables = self._tables()
@@ -161,10 +178,11 @@ class FeedbackStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
