@@ -346,8 +346,11 @@ def test_a_loop_config_embeds_the_judge_config(rewards_file):
         ({"kind": "reward_model", "paths": ["x"], "aggregate": "max"}, "field 'aggregate'"),
         ({"kind": "reward_model", "paths": ["x"], "uwo_coef": -1}, "field 'uwo_coef'"),
         ({"kind": "reward_model", "paths": ["x"], "batch_size": 0}, "field 'batch_size'"),
-        ({"kind": "teacher", "over": "m:f", "teacher": "lazy"}, "unknown teacher kind 'lazy'"),
-        ({"kind": "teacher", "over": "m:f", "gamma": 2}, "gamma must lie in"),
+        (
+            {"kind": "teacher", "over": "m:f", "teacher": "lazy"},
+            "field 'teacher': unknown teacher kind 'lazy'",
+        ),
+        ({"kind": "teacher", "over": "m:f", "gamma": 2}, "field 'gamma': gamma must lie in"),
         ({"kind": "teacher"}, "field 'over': Field required"),
         ({"kind": "teacher", "over": {"kind": "reward_model"}}, "field 'over.paths'"),
         ({"kind": "teacher", "over": {"kind": "human"}}, "field 'over'"),

@@ -45,7 +45,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from unialign.config import ConfigError
 from unialign.feedback.types import Text
@@ -296,10 +296,14 @@ class TeacherJudgeConfig(_JudgeConfigBase):
             return {"kind": "reward_function", "path": value}
         return value
 
-    @model_validator(mode="after")
-    def _valid_teacher(self) -> TeacherJudgeConfig:
-        self.teacher_config()  # ValueError names the parameter
-        return self
+    @field_validator("teacher", "beta", "gamma", "eps_mistake", "eps_skip", "eps_equal")
+    @classmethod
+    def _valid_teacher_parameter(cls, value: Any, info: ValidationInfo) -> Any:
+        from unialign.feedback.teachers import TeacherConfig
+
+        # TeacherConfig's own checks, one field at a time, so that the error names the field
+        TeacherConfig(**{"kind" if info.field_name == "teacher" else info.field_name: value})
+        return value
 
     def teacher_config(self) -> Any:
         """The :class:`~unialign.feedback.teachers.TeacherConfig` these fields describe."""
