@@ -82,11 +82,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _table(db: Path, table: str) -> list[tuple]:
-    """Every row, in id order, without wall-clock columns."""
+def _table(db: Path, table: str, key: str = "id") -> list[tuple]:
+    """Every row, in key order, without wall-clock columns."""
     con = sqlite3.connect(db)
     try:
-        cur = con.execute(f"SELECT * FROM {table} ORDER BY id")
+        cur = con.execute(f"SELECT * FROM {table} ORDER BY {key}")
         keep = [i for i, d in enumerate(cur.description) if d[0] != "created_at"]
         return [tuple(row[i] for i in keep) for row in cur.fetchall()]
     finally:
@@ -104,6 +104,7 @@ def _outputs(run: Path) -> dict:
         "summary": summary,
         "metrics": lines,
         "queries": _table(db, "queries"),
+        "segments": _table(db, "segment_pairs", key="query_id"),
         "labels": _table(db, "labels"),
     }
 
@@ -114,7 +115,7 @@ def uninterrupted(tmp_path_factory) -> dict:
     done = _cli("--config", str(_config(tmp, "ref")))
     assert done.returncode == 0, done.stderr
     out = _outputs(tmp / "ref")
-    assert len(out["queries"]) == 20 and len(out["labels"]) == 20
+    assert len(out["queries"]) == len(out["segments"]) == len(out["labels"]) == 20
     return out
 
 
