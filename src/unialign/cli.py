@@ -6,6 +6,8 @@ Commands:
                                          preference feedback on a small default task
     unialign train control --config F    any control configuration (oracle / pebble / aparl)
     unialign train lm --config F         offline preference training of a causal LM
+    unialign train lm-online --config F  online preference training of a causal LM (sample,
+                                         judge, update: online DPO, SPPO, INPO, DNO, Nash-MD)
     unialign feedback export STORE OUT   labelled completion comparisons → preference JSONL
 
 Configs are typed (pydantic) and validated here, before anything heavy is built; every
@@ -66,6 +68,21 @@ def _cmd_train_lm(args: argparse.Namespace) -> int:
 
     cfg = load_config(LMTrainConfig, args.config, _overrides(args, LMTrainConfig))
     summary = train_lm(cfg, resume=args.resume)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _cmd_train_lm_online(args: argparse.Namespace) -> int:
+    from unialign.config import load_config
+    from unialign.feedback.judges import JudgeError
+    from unialign.lm.online import train_lm_online
+    from unialign.lm.online_config import LMOnlineConfig
+
+    cfg = load_config(LMOnlineConfig, args.config, _overrides(args, LMOnlineConfig))
+    try:
+        summary = train_lm_online(cfg, resume=args.resume)
+    except JudgeError as e:  # the verdicts stored before the failure stay in the store
+        print(f"unialign: judge error: {e}", file=sys.stderr)
+        return 1
     return 130 if summary.get("interrupted") else 0
 
 
@@ -137,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = train.add_subparsers(dest="paradigm", metavar="PARADIGM", required=True)
     _add_train_parser(tsub, "control", "preference-based RL on a control task", _cmd_train_control)
     _add_train_parser(tsub, "lm", "offline preference training of a causal LM", _cmd_train_lm)
+    _add_train_parser(
+        tsub, "lm-online", "online preference training of a causal LM", _cmd_train_lm_online
+    )
     return parser
 
 
@@ -151,6 +171,8 @@ def _add_train_parser(tsub, name: str, help_text: str, func) -> None:
     try:
         if name == "control":
             from unialign.control.config import ControlConfig as model
+        elif name == "lm-online":
+            from unialign.lm.online_config import LMOnlineConfig as model
         else:
             from unialign.lm.config import LMTrainConfig as model
         add_config_flags(p, model)
