@@ -26,9 +26,10 @@ from unialign.config import ConfigError, load_config
 from unialign.feedback.judges import JudgeError
 from unialign.feedback.store import FeedbackStore
 from unialign.lm.generation import completion_logps, encode_prompts
-from unialign.lm.online import TIMING_KEYS, sample_logps, train_lm_online
+from unialign.lm.online import TIMING_KEYS, train_lm_online
 from unialign.lm.online_config import LMOnlineConfig
 from unialign.lm.online_judging import FunctionPairJudge, FunctionScoreJudge
+from unialign.lm.online_update import sample_logps
 from unialign.lm.tiny import save_tiny
 
 PROMPTS = ["abc def ghi", "hello there", "qwe rty uio", "zz top", "one two", "lorem ipsum"]

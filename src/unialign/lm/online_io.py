@@ -1,5 +1,6 @@
 """What the online loop reads and writes besides models: prompts, the judge from its spec, the
-checkpoint sidecar (the feedback store's mark) and the learning-curve plot."""
+checkpoint sidecar (the feedback store's mark), the metrics line, the progress-bar text and the
+learning-curve plot."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from unialign.config import ConfigError
 from unialign.feedback.types import text_format
 from unialign.lm.data import DataError
 from unialign.lm.data.loading import load_records
+from unialign.lm.generation import Generations
 from unialign.lm.online_judging import FunctionPairJudge, FunctionScoreJudge
+from unialign.lm.online_methods import Examples, Judgements
 from unialign.runlog import atomic_file
 
 __all__ = [
@@ -23,6 +29,8 @@ __all__ = [
     "read_sidecar",
     "prune_sidecars",
     "plot_learning_curve",
+    "iteration_metrics",
+    "progress_info",
 ]
 
 
@@ -137,6 +145,55 @@ def read_sidecar(out: str | Path, step: int) -> dict:
     if not path.is_file():
         raise ValueError(f"{path} is missing: the checkpoint of iteration {step} cannot be resumed")
     return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+def iteration_metrics(
+    gens: Generations, j: Judgements, ex: Examples, previous: Tensor, reference: Tensor
+) -> dict[str, float]:
+    """The sampling, judging and example metrics of one iteration (docs/lm-online.md)."""
+    m: dict[str, float] = {
+        "online/prompts": gens.num_prompts, "online/samples": len(gens),
+        "online/examples": len(ex), "online/dropped": ex.dropped,
+        "online/completion_tokens": float(gens.completion_lengths.float().mean()),
+        "online/truncated": sum(r == "length" for r in gens.stop_reason) / max(1, len(gens)),
+    }  # fmt: skip
+    if j.scores is not None:
+        m["judge/score"] = float(j.scores.mean())
+        m["judge/score_std"] = float(j.scores.std()) if j.scores.numel() > 1 else 0.0
+    if j.versus is not None:
+        v = j.versus[~torch.isnan(j.versus)]
+        m["judge/win_rate"] = float(v.mean()) if v.numel() else math.nan
+        m["judge/skipped"] = float(torch.isnan(j.versus).float().mean())
+    else:
+        k = j.shape[1]
+        asked = j.preference[:, torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)]
+        if asked.numel():
+            m["judge/skipped"] = float(torch.isnan(asked).float().mean())
+    if len(ex) and ex.paired:
+        m["judge/margin"] = float(ex.target.mean())
+    elif len(ex) and j.versus is None:  # SPPO: how far the win rates are from a coin flip
+        m["judge/win_rate_spread"] = float((ex.target - 0.5).abs().mean())
+    for key, t in (("online/logp_previous", previous), ("online/logp_reference", reference)):
+        t = t[~torch.isnan(t)]
+        if t.numel():
+            m[key] = float(t.mean())
+    return m
+
+
+def progress_info(m: dict) -> str:
+    """The progress bar's text: the judge's signal, the loss, generation and update tokens/s."""
+    if "judge/score" in m:
+        head = f"reward {m['judge/score']:+.3f}"
+    elif "judge/win_rate" in m:
+        head = f"win rate {m['judge/win_rate']:.3f}"
+    else:
+        head = f"margin {m.get('judge/margin', math.nan):.3f}"
+    return (f"{head}  loss {m.get('loss/total', math.nan):.4f}  "
+            f"gen {m['lm/generation_tokens_per_s']:,.0f} tok/s  "
+            f"update {m['lm/update_tokens_per_s']:,.0f} tok/s")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
