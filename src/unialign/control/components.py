@@ -8,7 +8,8 @@ agent, labeller, query selector and schedule, and differ by the reward learner t
 - ``Agent`` — acts and updates on transition batches (``sac.SAC``);
 - ``RewardLearner`` — the reward SAC trains on, preference probabilities for query selection,
   and a fit on every label so far (``learners.BradleyTerryLearner``, ``aparl.APARLLearner``);
-- ``Labeller`` — labels segment pairs or skips them (``learners.TeacherLabeller``);
+- ``Labeller`` — records segment pairs in the feedback store and labels them, or skips them
+  (``learners.TeacherLabeller``, ``human.HumanLabeller``);
 - ``QuerySelector`` — which pairs of a candidate pool to ask about (``query.PoolSelector``);
 - ``FeedbackSchedule`` — how many queries are due at a step (``query.QuerySchedule``).
 
@@ -18,9 +19,9 @@ Every part with state (weights, optimiser moments, RNG-dependent counters) has
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,12 +29,13 @@ from torch import Tensor, nn
 
 from unialign.control.buffer import ReplayBuffer, RewardFn
 from unialign.control.types import SegmentBatch, TransitionBatch
-from unialign.feedback.teachers import TeacherOutput
+from unialign.feedback.store import FeedbackStore
 
 __all__ = [
     "Agent",
     "FitContext",
     "RewardLearner",
+    "LabelRound",
     "Labeller",
     "QuerySelector",
     "FeedbackSchedule",
@@ -94,12 +96,37 @@ class RewardLearner(Stateful, Protocol):
         ...
 
 
+class LabelRound(NamedTuple):
+    """What a labeller returns for N segment pairs.
+
+    Attributes:
+        query_ids: the N pairs' ids in the feedback store.
+        labels: ``[N]`` float32, 1 = first preferred, 0 = second, ½ = equal; NaN where skipped.
+        keep: ``[N]`` bool, False where the pair got no usable label (skipped, timed out).
+    """
+
+    query_ids: list[int]
+    labels: Tensor
+    keep: Tensor
+
+
 class Labeller(Stateful, Protocol):
-    """Where labels come from: a simulated teacher now; a judge or a person later."""
+    """Where labels come from: a simulated teacher, or people labelling in the store.
+
+    A labeller records its pairs and labels in the feedback store itself (a simulated teacher
+    writes both at once; people write labels through the labelling app while it waits).
+    """
 
     @property
     def name(self) -> str:
         """The labeller name recorded in the feedback store (``teacher:oracle``, ...)."""
+        ...
+
+    @property
+    def replayable(self) -> bool:
+        """True when replaying a step reproduces its labels exactly (a seeded simulated
+        teacher): a resumed run then rolls the store back to its checkpoint. False for
+        people, whose labels are never deleted."""
         ...
 
     def label(
@@ -107,13 +134,18 @@ class Labeller(Stateful, Protocol):
         seg1: SegmentBatch,
         seg2: SegmentBatch,
         *,
+        store: FeedbackStore,
+        step: int,
+        selection: str,
         mean_segment_return: float,
         rng: np.random.Generator,
-    ) -> TeacherOutput:
-        """Labels (1: first preferred, 0: second, ½: equal; NaN where skipped) and keep mask.
+        should_stop: Callable[[], bool],
+    ) -> LabelRound:
+        """Record the N pairs as queries in ``store``, get their labels, return them.
 
         ``mean_segment_return`` is B-Pref's R̄_seg (for the skip/equal thresholds of simulated
-        teachers); labellers that do not need it ignore it.
+        teachers); ``should_stop()`` turns True when the run was asked to stop (a labeller
+        that waits returns what it has).
         """
         ...
 

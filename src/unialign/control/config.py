@@ -81,8 +81,15 @@ class ControlConfig(BaseModel):
     pool_factor: int = Field(
         10, ge=1, description="candidate pool size = pool_factor × queries per round"
     )
-    teacher: Literal["oracle", "stochastic", "myopic", "mistake", "skip", "equal"] = Field(
-        "oracle", description="simulated B-Pref teacher that labels queries from the true reward"
+    teacher: Literal["oracle", "stochastic", "myopic", "mistake", "skip", "equal", "human"] = Field(
+        "oracle",
+        description="who labels queries: a simulated B-Pref teacher (from the true reward), or human (people, through `unialign label RUN_DIR`)",
+    )
+    human_timeout_s: float = Field(
+        600.0, gt=0, description="teacher: human — seconds a feedback round waits for labels"
+    )
+    human_poll_s: float = Field(
+        2.0, gt=0, description="teacher: human — seconds between looks at the feedback store"
     )
     teacher_beta: float = Field(1.0, gt=0, description="stochastic teacher's rationality β")
     teacher_gamma: float = Field(0.9, gt=0, le=1, description="myopic teacher's discount γ")

@@ -9,17 +9,18 @@ behind the loop's ``Labeller`` interface.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from unialign.control.buffer import RewardFn
-from unialign.control.components import FitContext
+from unialign.control.components import FitContext, LabelRound
 from unialign.control.reward_model import RewardEnsemble
 from unialign.control.types import SegmentBatch
-from unialign.feedback.teachers import Teacher, TeacherOutput
+from unialign.feedback.store import FeedbackStore
+from unialign.feedback.teachers import Teacher
 
 __all__ = ["BradleyTerryLearner", "TeacherLabeller"]
 
@@ -62,6 +63,8 @@ class BradleyTerryLearner:
 class TeacherLabeller:
     """A simulated B-Pref teacher labelling segment pairs from their true rewards."""
 
+    replayable = True
+
     def __init__(self, teacher: Teacher) -> None:
         self.teacher = teacher
 
@@ -74,11 +77,18 @@ class TeacherLabeller:
         seg1: SegmentBatch,
         seg2: SegmentBatch,
         *,
+        store: FeedbackStore,
+        step: int,
+        selection: str,
         mean_segment_return: float,
         rng: np.random.Generator,
-    ) -> TeacherOutput:
+        should_stop: Callable[[], bool],
+    ) -> LabelRound:
         self.teacher.update_mean_segment_return(mean_segment_return)
-        return self.teacher.label(seg1, seg2, rng)
+        out = self.teacher.label(seg1, seg2, rng)
+        ids = store.add_segment_queries(seg1, seg2, step=step, selection=selection)
+        store.add_labels(ids, out.labels, labeler=self.name, keep_mask=out.keep)
+        return LabelRound(ids, out.labels, out.keep)
 
     def state_dict(self) -> dict[str, Any]:
         return self.teacher.state_dict()

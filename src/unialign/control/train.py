@@ -48,11 +48,12 @@ from unialign.control.components import (
 from unialign.control.config import ControlConfig
 from unialign.control.entropy import StateEntropyReward
 from unialign.control.envs import env_dims
+from unialign.control.human import HumanLabeller
 from unialign.control.learners import TeacherLabeller
 from unialign.control.query import PoolSelector, QuerySchedule
 from unialign.control.runner import EpisodeRunner
 from unialign.control.sac import SAC, SACConfig, evaluate
-from unialign.feedback.store import FeedbackStore
+from unialign.feedback.store import FeedbackStore, StoreMark
 from unialign.feedback.teachers import Teacher, TeacherConfig, mean_segment_return
 from unialign.interrupt import StopOnSignal
 from unialign.runlog import MetricsLog
@@ -124,19 +125,26 @@ def build_parts(cfg: ControlConfig, run_dir: Path, device: torch.device) -> RunP
     algorithm = get_algorithm(cfg.algo)
     if algorithm.build_learner is None:
         return parts
-    teacher = Teacher(
-        TeacherConfig(
-            kind=cfg.teacher,
-            beta=cfg.teacher_beta,
-            gamma=cfg.teacher_gamma,
-            eps_mistake=cfg.teacher_eps_mistake,
-            eps_skip=cfg.teacher_eps_skip,
-            eps_equal=cfg.teacher_eps_equal,
+    if cfg.teacher == "human":
+        labeller: Labeller = HumanLabeller(
+            timeout_s=cfg.human_timeout_s, poll_s=cfg.human_poll_s, source={"env": cfg.env}
         )
-    )
+    else:
+        labeller = TeacherLabeller(
+            Teacher(
+                TeacherConfig(
+                    kind=cfg.teacher,
+                    beta=cfg.teacher_beta,
+                    gamma=cfg.teacher_gamma,
+                    eps_mistake=cfg.teacher_eps_mistake,
+                    eps_skip=cfg.teacher_eps_skip,
+                    eps_equal=cfg.teacher_eps_equal,
+                )
+            )
+        )
     parts.feedback = FeedbackParts(
         learner=algorithm.build_learner(cfg, obs_dim, act_dim, device),
-        labeller=TeacherLabeller(teacher),
+        labeller=labeller,
         selector=PoolSelector(cfg.query_selection, cfg.pool_factor),
         schedule=QuerySchedule(
             budget=cfg.max_queries,
@@ -165,6 +173,7 @@ class ControlRun:
         else:  # SAC never sees the true reward: from the first step, stored transitions get
             # the (still untrained) learner's reward, and are relabelled after each fit
             self.buffer.relabel(self.fb.learner.reward_fn(), absorbing_gamma=cfg.gamma)
+        self.should_stop: Callable[[], bool] = lambda: False  # set by train_control
         self.step = 0
         self.update_credit = 0.0
         self.recent_returns: list[float] = []
@@ -221,12 +230,16 @@ class ControlRun:
         seg2 = self.buffer.sample_segments(pool, cfg.segment_length, absorbing=True)
         first = fb.store.count_queries() == 0
         idx, method = fb.selector.select(seg1, seg2, fb.learner, n, self.rng, first_round=first)
-        seg1, seg2 = seg1.take(idx), seg2.take(idx)
-        out = fb.labeller.label(
-            seg1, seg2, mean_segment_return=self._mean_segment_return(), rng=self.rng
+        fb.labeller.label(
+            seg1.take(idx),
+            seg2.take(idx),
+            store=fb.store,
+            step=self.step,
+            selection=method,
+            mean_segment_return=self._mean_segment_return(),
+            rng=self.rng,
+            should_stop=self.should_stop,
         )
-        ids = fb.store.add_segment_queries(seg1, seg2, step=self.step, selection=method)
-        fb.store.add_labels(ids, out.labels, labeler=fb.labeller.name, keep_mask=out.keep)
         fb.schedule.consume(n)
         return n
 
@@ -303,8 +316,10 @@ class ControlRun:
             self.buffer.reward_fn = self.fb.learner.reward_fn()
             self.buffer.absorbing_gamma = self.cfg.gamma
             # queries and labels written after this checkpoint (a crash, kill -9) are replayed
-            # by the resumed run: drop them, so each is stored once with the same ids
-            self.fb.store.rollback(type(self.fb.store.mark()).from_dict(state["store_mark"]))
+            # by the resumed run: drop them, so each is stored once with the same ids. People's
+            # labels are never dropped (a human labeller finds its posted queries again).
+            if self.fb.labeller.replayable:
+                self.fb.store.rollback(StoreMark.from_dict(state["store_mark"]))
         self.last_metrics = dict(state["last_metrics"])
 
     def close(self) -> None:
@@ -393,6 +408,7 @@ def train_control(
     )
     try:
         with StopOnSignal() as signals:
+            run.should_stop = lambda: signals.requested
             reporter.start(run.step)
             while run.step < cfg.total_steps:
                 prev = run.step

@@ -546,6 +546,43 @@ class FeedbackStore:
             sql, args = sql + " AND kind = ?", [*args, kind]
         return [int(r[0]) for r in self._conn.execute(sql + " ORDER BY id", args)]
 
+    def query_labels(
+        self, query_ids: Sequence[int], *, labeler_kind: str | None = None
+    ) -> dict[int, list[float | None]]:
+        """Every label of each given query (optionally only by labellers of ``labeler_kind``:
+        ``teacher``, ``judge``, ``human``), oldest first; None for a skip. Queries without a
+        label map to an empty list."""
+        ids = [int(q) for q in query_ids]
+        out: dict[int, list[float | None]] = {q: [] for q in ids}
+        if not ids:
+            return out
+        sql = f"SELECT query_id, label FROM labels WHERE query_id IN ({', '.join('?' * len(ids))})"
+        args: list[Any] = list(ids)
+        if labeler_kind is not None:
+            sql, args = sql + " AND labeler_kind = ?", [*args, labeler_kind]
+        for qid, label in self._conn.execute(sql + " ORDER BY id", args):
+            out[int(qid)].append(None if label is None else float(label))
+        return out
+
+    def find_segment_queries(
+        self, step: int, index_1: Sequence[int], index_2: Sequence[int]
+    ) -> list[int | None]:
+        """For each pair of replay indices, the id of the oldest segment query asked at
+        ``step`` with exactly these first-transition indices, or None. Lets a run that replays
+        steps (after a crash) find the queries it already posted instead of posting them
+        twice."""
+        if len(index_1) != len(index_2):
+            raise ValueError(f"index_1 has {len(index_1)} entries but index_2 has {len(index_2)}")
+        found: list[int | None] = []
+        for i1, i2 in zip(index_1, index_2):
+            row = self._conn.execute(
+                "SELECT q.id FROM queries q JOIN segment_pairs p ON p.query_id = q.id "
+                "WHERE q.step = ? AND p.index_1 = ? AND p.index_2 = ? ORDER BY q.id LIMIT 1",
+                (int(step), int(i1), int(i2)),
+            ).fetchone()
+            found.append(None if row is None else int(row[0]))
+        return found
+
     def query_kind(self, query_id: int) -> str:
         """``segment`` or ``completion``; ``KeyError`` for an unknown id."""
         row = self._conn.execute(
