@@ -9,6 +9,8 @@ Commands:
     unialign train lm-online --config F  online preference training of a causal LM (sample,
                                          judge, update: online DPO, SPPO, INPO, DNO, Nash-MD)
     unialign feedback export STORE OUT   labelled completion comparisons → preference JSONL
+    unialign label RUN_DIR_OR_STORE      the labelling web app (docs/labelling.md); also
+                                         `label add-annotator STORE NAME` for a login token
 
 Configs are typed (pydantic) and validated here, before anything heavy is built; every
 field of a config is also a ``--flag`` that overrides the file.
@@ -149,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which pairs to write when the store holds both formats",
     )
     p.set_defaults(func=_cmd_feedback_export)
+
+    from unialign.label.cli import add_label_parser
+
+    add_label_parser(sub)
 
     train = sub.add_parser("train", help="train from a configuration file")
     tsub = train.add_subparsers(dest="paradigm", metavar="PARADIGM", required=True)
