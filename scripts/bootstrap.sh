@@ -20,6 +20,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
+# The labelling app's browser test drives Debian's chromium (never a browser download). Install
+# it when missing and we are root; otherwise say why, and that test skips with the same reason.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[bootstrap] installing Debian's chromium for the labelling app's browser test"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >/tmp/unialign-bootstrap-apt.log 2>&1; then
+      echo "[bootstrap] warning: apt-get could not install chromium (log: /tmp/unialign-bootstrap-apt.log)"
+    fi
+  else
+    echo "[bootstrap] chromium is missing and this is not root: skipping its install; the browser" \
+      "test will be skipped (as root: apt-get install chromium)"
+  fi
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
   && "$VENV/bin/python" -c "import torch, unialign, transformers, gymnasium" 2>/dev/null; then
   exit 0
