@@ -219,6 +219,28 @@ def test_padding_never_enters_the_update(tmp_path, tiny):
         assert len(c) <= 8 and (g.stop_reason[i] != "length" or len(c) == 8)
 
 
+@pytest.mark.integration
+def test_gradient_accumulation_is_exact(tmp_path, tiny):
+    """One optimizer step over the same examples (all pairs of 3 prompts × 3 samples) cut into
+    micro-batches of 1 or of 16: the same mean loss and the same accumulated gradient norm,
+    up to float32 summation order (per-example losses are summed and divided by the step's
+    example count, not averaged per micro-batch). With 2 updates per epoch the examples are
+    split into two steps instead (lr 1e-12: the second step sees the same weights to ~1e-12),
+    and the logged loss is still the mean over all examples."""
+    runs = {}
+    for name, kw in {"micro1": dict(micro_batch_size=1), "micro16": dict(micro_batch_size=16),
+                     "two_steps": dict(micro_batch_size=2, updates_per_epoch=2)}.items():  # fmt: skip
+        c = cfg(tiny, tmp_path / name, iterations=1, prompts_per_iteration=3, pairs="all",
+                max_grad_norm=1e9, lr=1e-12, **kw)  # fmt: skip
+        runs[name] = train_lm_online(c, judge=SCORE)["train"]
+    a, b = runs["micro1"], runs["micro16"]
+    assert a["online/examples"] >= 6
+    assert a["loss/total"] == pytest.approx(b["loss/total"], rel=1e-6)
+    assert a["lm/grad_norm"] == pytest.approx(b["lm/grad_norm"], rel=1e-5)
+    assert runs["two_steps"]["loss/total"] == pytest.approx(a["loss/total"], rel=1e-6)
+    assert runs["two_steps"]["lm/optimizer_steps"] == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # interrupt and resume
 # ---------------------------------------------------------------------------------------------
@@ -366,11 +388,17 @@ def test_pair_judge_skips_are_stored_and_out_of_range_stops(tmp_path, tiny):
      ({"prompts": None}, "prompts: required"),
      ({"lr": 0}, "field 'lr': lr must be > 0"),
      ({"lora_r": 4}, "lora_r: LoRA fields need finetune: lora"),
-     ({"judge": "task:preference"}, "judge: task:preference needs task")],
+     ({"judge": "task:preference"}, "judge: task:preference needs task"),
+     ({"judge": {"kind": "oracle"}}, "judge: field 'kind' must be one of"),
+     ({"judge": {"kind": "human", "store": "RUN/feedback.sqlite", "timeout_s": 1}},
+      "judge.store: RUN/feedback.sqlite is the run's own feedback store")],
 )  # fmt: skip
 def test_config_errors_name_the_field(tmp_path, tiny, fields, message):
+    run = str(tmp_path / "run")
+    fields = json.loads(json.dumps(fields).replace("RUN", run))
+    message = message.replace("RUN", run)
     data = {"model": str(tiny / "model"), "prompts": str(tiny / "prompts.jsonl"),
-            "output_dir": str(tmp_path / "run"), **fields}  # fmt: skip
+            "output_dir": run, **fields}  # fmt: skip
     data = {k: v for k, v in data.items() if v is not None}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -409,3 +437,30 @@ def test_cli_config_error_exits_2(tmp_path, tiny, capsys):
     # a valid config without a judge: the judge is resolved before any model loads
     assert main(["train", "lm-online", "--config", str(path), "--model", str(tiny / "model")]) == 2
     assert "judge: required" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_cli_run_with_a_reward_function_judge(tmp_path, tiny):
+    """The whole command: a judge spec naming a Python reward function in a file
+    (``file.py:function``, built by ``unialign.feedback.judges.build_judge``), two iterations,
+    exit 0, the verdicts in the store under ``judge:<function name>``; then ``--resume`` of the
+    finished run changes nothing."""
+    (tmp_path / "rewards.py").write_text(
+        "def vowels(prompts, completions):\n"
+        "    texts = [c if isinstance(c, str) else c[-1]['content'] for c in completions]\n"
+        "    return [sum(ch in 'aeiou' for ch in t) / max(1, len(t)) for t in texts]\n"
+    )
+    out = tmp_path / "run"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": str(tiny / "model"), "prompts": str(tiny / "prompts.jsonl"),
+        "judge": f"{tmp_path / 'rewards.py'}:vowels", "iterations": 2,
+        "prompts_per_iteration": 2, "num_samples": 2, "max_new_tokens": 6, "lr": 1e-4,
+        "output_dir": str(out),
+    }))  # fmt: skip
+    assert main(["train", "lm-online", "--config", str(path), "--method", "dno"]) == 0
+    with FeedbackStore(out / "feedback.sqlite", create=False) as s:
+        assert s.count_labels(labeler="judge:vowels") == 2 * 2
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["train", "lm-online", "--config", str(out / "config.yaml"), "--resume"]) == 0
+    assert (out / "metrics.jsonl").read_text() == before

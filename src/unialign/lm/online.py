@@ -153,7 +153,12 @@ def train_lm_online(
 
     # prompts, task and judge first: their errors come before any model loads -----------------
     task = _load_task(cfg) if cfg.task else None
-    judge = judge if judge is not None else resolve_judge(cfg.judge, task)
+    state = TrainState()  # step = iterations done, examples_seen = prompts consumed
+    stopper = StopOnSignal()
+    if judge is None:  # hooks of a judge of people: the iterate that sampled, the iteration
+        judge = resolve_judge(cfg.judge, task, policy_version=lambda: state.step,
+                              step_fn=lambda: state.step + 1,
+                              stop_fn=lambda: stopper.requested)  # fmt: skip
     prompts = load_prompts(cfg.prompts) if cfg.prompts else task.prompts("train", seed=cfg.seed)
     store_path = out / "feedback.sqlite"
     ckpt = latest_checkpoint(out) if resume else None
@@ -190,13 +195,13 @@ def train_lm_online(
         num_training_steps=cfg.iterations * steps_per_iteration,
     )  # fmt: skip
     store = FeedbackStore(store_path)
-    state = TrainState()  # step = iterations done, examples_seen = prompts consumed
     if resume and ckpt is None:
         print(f"unialign: no checkpoint under {out}/checkpoints; starting from iteration 0")
         store.rollback(StoreMark(0, 0))
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator=acc, model=policy, optimizer=optimizer,
-                                scheduler=scheduler)  # fmt: skip
+    if ckpt is not None:  # in place: the judge's hooks read ``state``
+        loaded = load_checkpoint(ckpt, accelerator=acc, model=policy, optimizer=optimizer,
+                                 scheduler=scheduler)  # fmt: skip
+        state.__dict__.update(loaded.__dict__)
         # verdicts stored after the checkpoint are replayed by this run: drop them first
         store.rollback(StoreMark.from_dict(read_sidecar(out, state.step)["store_mark"]))
     saved = state.step if ckpt is not None else None
@@ -217,7 +222,7 @@ def train_lm_online(
     bar = progress.add_task("iterations", total=cfg.iterations, completed=state.step, info="")
     interrupted = False
     try:
-        with StopOnSignal() as stop, progress:
+        with stopper as stop, progress:
             while state.step < cfg.iterations:
                 it = state.step + 1
                 # 1. prompts

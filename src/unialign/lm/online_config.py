@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from unialign.feedback.judges import parse_judge_config
 from unialign.lm.config import _must_exist_locally
 from unialign.lm.online_methods import METHODS, OnlineMethod, dummy_batch
 from unialign.losses import REGISTRY, LossSpec
@@ -23,6 +24,9 @@ __all__ = ["LMOnlineConfig", "online_method_names", "ONLINE_DPO_KINDS"]
 
 #: Objective kinds online DPO can train with.
 ONLINE_DPO_KINDS = ("paired", "paired_ref_free")
+
+#: Judges of the task suite (``task`` must be set).
+TASK_JUDGES = ("task:preference", "task:gold")
 
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora_on_save")
 
@@ -117,11 +121,11 @@ class LMOnlineConfig(BaseModel):
     )
 
     # --- judge -------------------------------------------------------------------------------
-    judge: str | None = Field(
+    judge: str | dict[str, Any] | None = Field(
         None,
-        description="judge spec: task:preference (the task's pairwise judge), task:gold (its "
-        "gold reward), or any spec unialign.feedback.judges.build_judge accepts; a judge object "
-        "passed to train_lm_online() takes precedence",
+        description="the judge: task:preference (the task's pairwise judge), task:gold (its "
+        "gold reward), a 'file.py:function' reward function, or a judge config mapping with a "
+        "kind (docs/judges.md); a judge object passed to train_lm_online() takes precedence",
     )
     score_temperature: float = Field(
         1.0,
@@ -268,7 +272,8 @@ class LMOnlineConfig(BaseModel):
     # --- cross-field checks --------------------------------------------------------------------
     @model_validator(mode="after")
     def _cross_field(self) -> LMOnlineConfig:
-        set_ = self.model_fields_set
+        # "given" = differs from its default: the config.yaml a run writes lists every field
+        set_ = {n for n in self.model_fields_set if _not_default(self, n)}
         if self.model is None and self.task is None:
             raise ValueError("model: required (or set task to train the task's reference)")
         if self.prompts is None and self.task is None:
@@ -313,14 +318,32 @@ class LMOnlineConfig(BaseModel):
             raise ValueError("max_grad_norm must be >= 0 (0 or null disables clipping)")
         if self.max_tokens_per_row is not None and self.max_tokens_per_row < 1:
             raise ValueError("max_tokens_per_row must be >= 1")
-        if self.judge is not None and self.judge.startswith("task:"):
-            if self.task is None:
-                raise ValueError(f"judge: {self.judge} needs task")
-            if self.judge not in ("task:preference", "task:gold"):
-                raise ValueError(f"judge: unknown task judge {self.judge!r}; valid: "
-                                 "task:preference, task:gold")  # fmt: skip
+        self._check_judge()
         _check_params(self.objective, self.resolved_params(), method)
         return self
+
+    def _check_judge(self) -> None:
+        """Task judges need the task; any other spec is validated as a judge config (a judge
+        of people must label in a store other than the run's own feedback store, which a
+        resume rolls back)."""
+        spec = self.judge
+        if isinstance(spec, str) and spec.startswith("task:"):
+            if self.task is None:
+                raise ValueError(f"judge: {spec} needs task")
+            if spec not in TASK_JUDGES:
+                raise ValueError(f"judge: unknown task judge {spec!r}; valid: "
+                                 f"{', '.join(TASK_JUDGES)}")  # fmt: skip
+            return
+        if spec is None:
+            return
+        judge_cfg = parse_judge_config(spec, source="judge")  # JudgeConfigError names the field
+        store = getattr(judge_cfg, "store", None)
+        run_store = Path(self.output_dir) / "feedback.sqlite"
+        if store is not None and Path(store).expanduser().resolve() == run_store.resolve():
+            raise ValueError(
+                f"judge.store: {store} is the run's own feedback store; people label in "
+                "another store file (the run's store is rolled back on resume)"
+            )
 
     # --- derived values (computed in one place) -------------------------------------------------
     @property
@@ -371,6 +394,12 @@ class LMOnlineConfig(BaseModel):
         if self.attn_implementation == "auto":
             return "flex_attention" if cuda else "sdpa"
         return self.attn_implementation
+
+
+def _not_default(cfg: BaseModel, name: str) -> bool:
+    info = type(cfg).model_fields[name]
+    default = info.default_factory() if info.default_factory is not None else info.default
+    return getattr(cfg, name) != default
 
 
 def _check_params(spec: LossSpec, params: dict[str, Any], method: OnlineMethod) -> None:

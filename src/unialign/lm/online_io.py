@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from unialign.config import ConfigError
+from unialign.feedback.judges import build_judge
 from unialign.feedback.types import text_format
 from unialign.lm.data import DataError
 from unialign.lm.data.loading import load_records
@@ -84,28 +85,18 @@ def load_prompts(path: str | Path) -> list[Any]:
 # ---------------------------------------------------------------------------------------------
 # the judge
 # ---------------------------------------------------------------------------------------------
-def resolve_judge(spec: str | None, task: Any | None) -> Any:
+def resolve_judge(spec: str | dict | None, task: Any | None, **hooks: Any) -> Any:
     """The judge a spec names: ``task:preference`` (the task's pairwise judge, a PairJudge),
     ``task:gold`` (its gold reward, a ScoreJudge), else
-    ``unialign.feedback.judges.build_judge(spec)`` where that factory exists."""
+    :func:`unialign.feedback.judges.build_judge` (``hooks``: its run-time hooks for a judge of
+    people: ``policy_version``, ``step_fn``, ``stop_fn``)."""
     if spec is None:
         raise ConfigError("judge: required (a judge spec, or pass a judge object to the loop)")
     if spec == "task:preference":
         return FunctionPairJudge(task.judge.probabilities, "style-task-preference")
     if spec == "task:gold":
         return FunctionScoreJudge(task.gold_reward, "style-task-gold")
-    from unialign.feedback import judges
-
-    build = getattr(judges, "build_judge", None)
-    if build is None:
-        raise ConfigError(
-            f"judge: {spec!r} cannot be built here (unialign.feedback.judges.build_judge is not "
-            "available); use task:preference or task:gold, or pass a judge object"
-        )
-    try:
-        return build(spec)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"judge: {e}") from None
+    return build_judge(spec, source="judge", **hooks)  # JudgeConfigError is a ConfigError
 
 
 # ---------------------------------------------------------------------------------------------
