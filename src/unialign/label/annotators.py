@@ -11,7 +11,7 @@ store is copied and shared as data, and must not carry credentials). Tables:
   no live session. Each session has its own CSRF token, checked on every write.
 - ``secret(key, value)``: a random key for the per-annotator left/right order (HMAC).
 
-The file is created with mode 0600.
+The file is created with mode 0600 (its WAL files inherit it).
 """
 
 from __future__ import annotations
@@ -97,16 +97,16 @@ class Annotators:
     def __init__(self, store_path: str | Path, *, session_ttl_s: float = SESSION_TTL_S) -> None:
         self.path = sidecar_path(store_path)
         self.session_ttl_s = float(session_ttl_s)
-        new = not self.path.exists()
+        if not self.path.exists():  # created private before SQLite writes anything to it
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode = WAL")  # -wal/-shm files get the same mode
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)
             if conn.execute("SELECT 1 FROM secret WHERE key = 'order'").fetchone() is None:
                 conn.execute("INSERT INTO secret VALUES ('order', ?)", (secrets.token_bytes(32),))
             conn.execute("COMMIT")
-        if new:
-            os.chmod(self.path, 0o600)
         with self._connect() as conn:
             self._order_key = bytes(
                 conn.execute("SELECT value FROM secret WHERE key = 'order'").fetchone()[0]

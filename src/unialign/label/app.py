@@ -132,7 +132,7 @@ class LabelApp:
         response.set_cookie(
             SESSION_COOKIE,
             sid,
-            max_age=int(self.annotators.session_ttl_s),
+            max_age=math.ceil(self.annotators.session_ttl_s),
             httponly=True,
             samesite="strict",
             secure=self.secure_cookies,

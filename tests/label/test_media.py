@@ -1,0 +1,76 @@
+"""Segment pictures: Pendulum frames as a looping GIF, the plot fallback, the cache."""
+
+import dataclasses
+
+import pytest
+import torch
+from PIL import Image
+
+from unialign.feedback.store import FeedbackStore
+from unialign.label import media as media_module
+from unialign.label.media import MediaCache, media_dir
+from unialign.label.queries import StoreAccess
+
+from .helpers import pendulum_segments
+
+H = 5
+
+
+def segment_query(tmp_path, source, *, absorbed=False):
+    path = tmp_path / "seg.sqlite"
+    s1, s2 = pendulum_segments(1, H, 1), pendulum_segments(1, H, 2)
+    if absorbed:
+        mask = torch.tensor([[False, False, False, True, True]])
+        s1 = dataclasses.replace(s1, absorbed=mask)
+    with FeedbackStore(path) as store:
+        (qid,) = store.add_segment_queries(s1, s2, step=0, selection="uniform", source=source)
+    access = StoreAccess(path)
+    return path, access.segment(access.head(qid))
+
+
+def test_pendulum_frames_are_a_looping_gif(tmp_path):
+    pytest.importorskip("pygame", reason="pygame renders Pendulum frames (the envs extra)")
+    path, query = segment_query(tmp_path, {"env": "Pendulum-v1"})
+    cache = MediaCache(path)
+    out = cache.picture(query, 1)
+    assert out == media_dir(path) / "q1-1.gif"
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.n_frames == H and im.info.get("loop") == 0
+        assert max(im.size) == media_module.FRAME_SIZE
+    assert cache.picture(query, 2).name == "q1-2.gif"
+
+
+@pytest.mark.parametrize("source", [None, {"env": "NoSuchEnv-v0"}, {"seed": 3}])
+def test_plot_without_a_renderable_env(tmp_path, source):
+    path, query = segment_query(tmp_path, source, absorbed=True)
+    out = MediaCache(path).picture(query, 1)
+    assert out.name == "q1-1.png"
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_render_failure_falls_back_to_the_plot_once(tmp_path, monkeypatch):
+    path, query = segment_query(tmp_path, {"env": "Pendulum-v1"})
+    calls = []
+
+    def broken(env_id, q, c):
+        calls.append(env_id)
+        raise RuntimeError("no OpenGL here")
+
+    monkeypatch.setattr(media_module, "_gif", broken)
+    cache = MediaCache(path)
+    assert cache.picture(query, 1).suffix == ".png"
+    assert cache.picture(query, 2).suffix == ".png"
+    assert calls == ["Pendulum-v1"]  # the env is not tried again in this process
+
+
+def test_cache_and_hidden_reward(tmp_path, monkeypatch):
+    path, query = segment_query(tmp_path, None)
+    first = MediaCache(path).picture(query, 1)
+    monkeypatch.setattr(media_module, "_plot", lambda *a: pytest.fail("drawn twice"))
+    assert MediaCache(path).picture(query, 1) == first  # from the cache, by a new process too
+    monkeypatch.undo()
+    hidden = MediaCache(path, show_reward=False).picture(query, 1)
+    assert hidden.name == "q1-1-noreward.png" and hidden.read_bytes() != first.read_bytes()
+    with pytest.raises(ValueError, match="candidate must be 1 or 2"):
+        MediaCache(path).picture(query, 3)
