@@ -180,6 +180,8 @@ def progress_info(m: dict) -> str:
         head = f"reward {m['judge/score']:+.3f}"
     elif "judge/win_rate" in m:
         head = f"win rate {m['judge/win_rate']:.3f}"
+    elif "judge/win_rate_spread" in m:
+        head = f"|win rate − ½| {m['judge/win_rate_spread']:.3f}"
     else:
         head = f"margin {m.get('judge/margin', math.nan):.3f}"
     return (f"{head}  loss {m.get('loss/total', math.nan):.4f}  "
@@ -195,6 +197,7 @@ CURVE_KEYS = (
     ("judge/score", "judge reward (mean over samples)"),
     ("judge/win_rate", "win rate against the mixture"),
     ("judge/margin", "judge margin of training pairs"),
+    ("judge/win_rate_spread", "mean |win rate − 1/2| (SPPO)"),
     ("eval/gold_reward", "task gold reward"),
     ("eval/exploitability", "task exploitability"),
     ("loss/total", "loss"),
