@@ -207,6 +207,7 @@ class LabelApp:
             ctx["policy_version"] = q.policy_version
         else:
             ctx["media"] = [f"/media/{head.id}/{c}" for c in order]
+            ctx["horizon"] = self.store.segment(head).obs.shape[1]
             ctx["env"] = head.source.get("env", head.source.get("env_id"))
             nxt = self.store.next_pending(labeler, after=head.id)
             if nxt is not None:
