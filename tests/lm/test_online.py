@@ -419,6 +419,17 @@ def test_prompt_file_errors_name_file_and_line(tmp_path, tiny):
     assert f"{bad}: line 4 has an empty prompt" in str(err.value)
 
 
+@pytest.mark.integration
+def test_a_fresh_run_never_overwrites_a_store_with_verdicts(tmp_path, tiny):
+    """A second fresh run into the same output_dir stops before loading anything (the store
+    holds the first run's verdicts); ``resume=True`` is the way to continue it."""
+    c = cfg(tiny, tmp_path / "run", iterations=1)
+    train_lm_online(c, judge=SCORE)
+    with pytest.raises(ConfigError, match="already holds 6 feedback queries"):
+        train_lm_online(c, judge=SCORE)
+    assert train_lm_online(c, judge=SCORE, resume=True)["iterations"] == 1
+
+
 def test_cli_help_lists_the_config_fields(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "lm-online", "--help"])
