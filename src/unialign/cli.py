@@ -8,6 +8,8 @@ Commands:
     unialign train lm --config F         offline preference training of a causal LM
     unialign train lm-online --config F  online preference training of a causal LM (sample,
                                          judge, update: online DPO, SPPO, INPO, DNO, Nash-MD)
+    unialign train rm --config F         a reward model (scalar, ensemble or GPM head) on
+                                         preference pairs, loadable as a judge
     unialign feedback export STORE OUT   labelled completion comparisons → preference JSONL
     unialign label RUN_DIR_OR_STORE      the labelling web app (docs/labelling.md); also
                                          `label add-annotator STORE NAME` for a login token
@@ -70,6 +72,16 @@ def _cmd_train_lm(args: argparse.Namespace) -> int:
 
     cfg = load_config(LMTrainConfig, args.config, _overrides(args, LMTrainConfig))
     summary = train_lm(cfg, resume=args.resume)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _cmd_train_rm(args: argparse.Namespace) -> int:
+    from unialign.config import load_config
+    from unialign.lm.rm import train_rm
+    from unialign.lm.rm_config import RMTrainConfig
+
+    cfg = load_config(RMTrainConfig, args.config, _overrides(args, RMTrainConfig))
+    summary = train_rm(cfg, resume=args.resume)
     return 130 if summary.get("interrupted") else 0
 
 
@@ -163,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(
         tsub, "lm-online", "online preference training of a causal LM", _cmd_train_lm_online
     )
+    _add_train_parser(tsub, "rm", "a reward model on preference pairs", _cmd_train_rm)
     return parser
 
 
@@ -177,6 +190,8 @@ def _add_train_parser(tsub, name: str, help_text: str, func) -> None:
     try:
         if name == "control":
             from unialign.control.config import ControlConfig as model
+        elif name == "rm":
+            from unialign.lm.rm_config import RMTrainConfig as model
         elif name == "lm-online":
             from unialign.lm.online_config import LMOnlineConfig as model
         else:
