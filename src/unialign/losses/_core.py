@@ -123,6 +123,8 @@ LossKind = Literal[
     "reward",
     "game",
     "aggregate",
+    "policy_gradient",
+    "value",
 ]
 
 
