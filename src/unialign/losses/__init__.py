@@ -8,11 +8,21 @@ Families (one module and one docs page each):
   CoPG); all share one docs page.
 - :mod:`unialign.losses.reward` — reward models: Bradley–Terry, ensembles, transforms.
 - :mod:`unialign.losses.game` — squared-loss game-theoretic objectives (SPPO, INPO, DNO).
+- :mod:`unialign.losses.policy_gradient` — policy-gradient RLHF: REINFORCE/RLOO, PPO's clipped
+  surrogate, GRPO and its variants, GSPO, the clipped value loss, GAE and KL estimators.
 
 ``REGISTRY`` maps the names used in configs and on the command line to :class:`LossSpec`.
 """
 
-from unialign.losses import direct, game, listwise, reference_free, reward, unpaired
+from unialign.losses import (
+    direct,
+    game,
+    listwise,
+    policy_gradient,
+    reference_free,
+    reward,
+    unpaired,
+)
 from unialign.losses._core import (
     LossOutput,
     LossSpec,
@@ -21,7 +31,7 @@ from unialign.losses._core import (
 )
 
 REGISTRY: dict[str, LossSpec] = {}
-for _module in (direct, reference_free, unpaired, listwise, reward, game):
+for _module in (direct, reference_free, unpaired, listwise, reward, game, policy_gradient):
     for _spec in _module.SPECS:
         if _spec.name in REGISTRY:
             raise RuntimeError(f"duplicate objective name {_spec.name!r}")
