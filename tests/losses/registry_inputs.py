@@ -27,6 +27,7 @@ from torch import Tensor
 from unialign.losses import REGISTRY, LossOutput, LossSpec, PairedLogps, UnpairedLogps
 from unialign.losses.game import IterateLogps, SelfPlayLogps
 from unialign.losses.listwise import ListwiseLogps, ScoredPairs
+from unialign.losses.policy_gradient import ReinforceBatch, RolloutBatch, ValueBatch
 
 BIG = 1e3  # |log-prob| (or |reward|) of the extreme inputs
 
@@ -37,17 +38,19 @@ BIG = 1e3  # |log-prob| (or |reward|) of the extreme inputs
 #   tokens  completion token counts > 0
 #   prob    a probability or label in [0, 1] (extreme: 0, ½, 1)
 #   real    rewards, scores, embeddings (extreme: ±1e3, random signs)
-#   bool    a boolean label
+#   bool    a boolean label, or a completion mask (alternating True/False along each row)
 
 
 @dataclass(frozen=True)
 class Field:
-    """One input tensor: its argument or container-field name, its role, and whether the tests
-    differentiate the objective with respect to it."""
+    """One input tensor: its argument or container-field name, its role, whether the tests
+    differentiate the objective with respect to it, and its shape when it differs from the
+    layout's (a per-sequence ``[B]`` field next to per-token ``[B, T]`` fields)."""
 
     name: str
     role: str
     grad: bool = False
+    shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,10 @@ def make(
 ) -> dict[str, Tensor]:
     """Valid named inputs for ``layout``: ordinary (small random values) or extreme (|ℓ| = 1e3)."""
     g = torch.Generator().manual_seed(seed)
-    shape = layout.shape
-    index = torch.arange(math.prod(shape)).reshape(shape)
     out = {}
     for j, f in enumerate(layout.fields):
+        shape = f.shape or layout.shape
+        index = torch.arange(math.prod(shape)).reshape(shape)
         # ±1 alternating along the flattened tensor, shifted by the field's position: two
         # consecutive policy fields (chosen, rejected) get opposite signs, so the extreme
         # margins are ±2e3 of both signs
@@ -299,6 +302,52 @@ def _transform_invariants(spec: LossSpec, layout: Layout) -> None:
     _close(tie, tie.flatten()[0], "reward = reference reward")
 
 
+def _padding_changes_nothing(spec: LossSpec, layout: Layout, t: dict[str, Tensor]) -> None:
+    """Other finite values at the positions the mask leaves out change no loss and no metric."""
+    mask = t["mask"]
+    padded = {
+        k: torch.where(mask, v, v + 7.0) if k != "mask" and v.shape == mask.shape else v
+        for k, v in t.items()
+    }
+    losses, metrics = call(spec, layout, t)
+    p_losses, p_metrics = call(spec, layout, padded)
+    _close(p_losses, losses, "padding changed")
+    for key, value in metrics.items():
+        _close(p_metrics[key], value, f"padding changed: {key}")
+
+
+def _rollout_invariants(spec: LossSpec, layout: Layout) -> None:
+    """Padding is inert; at π_θ = π_old = π_ref every ratio is 1, nothing is clipped, the KL is
+    0, so the per-token loss is −A and negating the advantages negates the loss."""
+    t = make(layout)
+    _padding_changes_nothing(spec, layout, t)
+    same = {**t, "old_logps": t["logps"], "ref_logps": t["logps"]}
+    losses, metrics = call(spec, layout, same)
+    _close(metrics["pg/clip_fraction"], 0.0, "π_θ = π_old: clip fraction")
+    _close(metrics["pg/ratio_mean"], 1.0, "π_θ = π_old: ratio")
+    if "pg/kl" in metrics:
+        _close(metrics["pg/kl"], 0.0, "π_θ = π_ref: KL")
+    negated, _ = call(spec, layout, {**same, "advantages": -same["advantages"]})
+    _close(negated, -losses, "π_θ = π_old: advantages negated")
+
+
+def _reinforce_invariants(spec: LossSpec, layout: Layout) -> None:
+    """Padding is inert; a constant added to every reward and to the baseline changes nothing."""
+    t = make(layout)
+    _padding_changes_nothing(spec, layout, t)
+    losses, _ = call(spec, layout, t)
+    shifted = {**t, "rewards": t["rewards"] + 5.0, "baseline": t["baseline"] + 5.0}
+    _close(call(spec, layout, shifted)[0], losses, "rewards and baseline shifted")
+
+
+def _value_invariants(spec: LossSpec, layout: Layout) -> None:
+    """Padding is inert; V = V_old = R gives zero loss."""
+    t = make(layout)
+    _padding_changes_nothing(spec, layout, t)
+    exact = {**t, "old_values": t["values"], "returns": t["values"]}
+    _close(call(spec, layout, exact)[0], 0.0, "V = V_old = R")
+
+
 # ---------------------------------------------------------------------------------------------
 # Layouts
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +379,13 @@ _PREVIOUS_PAIR = (
 _B = (3,)  # batch of 3
 _LIST = (2, 4)  # B = 2 lists of K = 4 responses
 _STACK = (4, 3)  # K = 4 heads (or properties) over B = 3 examples
+_TOKENS_BT = (3, 4)  # B = 3 completions of T = 4 token positions
+_ROLLOUT_TOKENS = (
+    Field("logps", "policy", True),
+    Field("mask", "bool"),
+    Field("old_logps", "frozen"),  # detached by the objectives: not differentiated
+    Field("ref_logps", "frozen"),
+)
 
 LAYOUTS: tuple[Layout, ...] = (
     Layout(
@@ -480,6 +536,61 @@ LAYOUTS: tuple[Layout, ...] = (
         _STACK[1:],
         _plain("rewards", "reference_rewards"),
         _transform_invariants,
+    ),
+    # Per-token inputs [B, T] = [3, 4] of the policy-gradient family; the mask alternates
+    # True/False along each row (2 completion tokens per row, padding between them).
+    # Two layouts share this signature: per-token advantages first, per-sequence advantages
+    # (GSPO requires them) second.
+    Layout(
+        "RolloutBatch with per-token advantages [B, T]",
+        ("policy_gradient",),
+        ("batch: RolloutBatch",),
+        _ROLLOUT_TOKENS[:2] + (Field("advantages", "real"),) + _ROLLOUT_TOKENS[2:],
+        _TOKENS_BT,
+        _TOKENS_BT[:1],
+        _container(RolloutBatch),
+        _rollout_invariants,
+    ),
+    Layout(
+        "RolloutBatch with per-sequence advantages [B]",
+        ("policy_gradient",),
+        ("batch: RolloutBatch",),
+        _ROLLOUT_TOKENS[:2]
+        + (Field("advantages", "real", shape=_TOKENS_BT[:1]),)
+        + _ROLLOUT_TOKENS[2:],
+        _TOKENS_BT,
+        _TOKENS_BT[:1],
+        _container(RolloutBatch),
+        _rollout_invariants,
+    ),
+    Layout(
+        "ReinforceBatch",
+        ("policy_gradient",),
+        ("batch: ReinforceBatch",),
+        _ROLLOUT_TOKENS[:2]
+        + (
+            Field("rewards", "real", shape=_TOKENS_BT[:1]),
+            Field("baseline", "real", shape=_TOKENS_BT[:1]),
+        ),
+        _TOKENS_BT,
+        _TOKENS_BT[:1],
+        _container(ReinforceBatch),
+        _reinforce_invariants,
+    ),
+    Layout(
+        "ValueBatch",
+        ("value",),
+        ("batch: ValueBatch",),
+        (
+            Field("values", "real", True),
+            Field("old_values", "real"),
+            Field("returns", "real"),
+            Field("mask", "bool"),
+        ),
+        _TOKENS_BT,
+        _TOKENS_BT[:1],
+        _container(ValueBatch),
+        _value_invariants,
     ),
 )
 
