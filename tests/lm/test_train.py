@@ -12,7 +12,9 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from unialign.cli import main
+from unialign.config import ConfigError, dump_config, load_config
 from unialign.lm import train as train_mod
+from unialign.lm.config import LMTrainConfig
 from unialign.lm.tiny import save_tiny, synthetic_preferences
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,3 +184,14 @@ def test_benchmark_tiny_mode(tmp_path):
     assert {r["name"] for r in out["runs"]} >= {"trl_default", "unialign"}
     for r in out["runs"]:
         assert r["tokens_per_s"] > 0 and math.isfinite(r["step1_loss"])
+
+
+def test_a_written_full_finetune_config_validates_again(tmp_path, tiny):
+    """config.yaml lists every field, LoRA ones at their defaults: `--resume` must accept it,
+    and a LoRA field that changes something still needs finetune: lora."""
+    cfg = load_config(LMTrainConfig, _config(tmp_path, tiny))
+    assert cfg.finetune != "lora"
+    dump_config(cfg, tmp_path / "written.yaml")
+    assert load_config(LMTrainConfig, tmp_path / "written.yaml") == cfg
+    with pytest.raises(ConfigError, match="lora_r: LoRA fields need finetune: lora"):
+        load_config(LMTrainConfig, tmp_path / "written.yaml", {"lora_r": cfg.lora_r + 1})

@@ -217,7 +217,14 @@ class LMTrainConfig(BaseModel):
     def _cross_field(self) -> LMTrainConfig:
         spec = REGISTRY[self.loss]
         if self.finetune != "lora":
-            given = [f for f in _LORA_FIELDS if f in self.model_fields_set]
+            # fields set to something other than their default (a written config.yaml lists
+            # every field, so "was it given" cannot tell; "does it change anything" can)
+            fields = type(self).model_fields
+            given = [
+                f
+                for f in _LORA_FIELDS
+                if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+            ]
             if given:
                 raise ValueError(f"{', '.join(given)}: LoRA fields need finetune: lora")
         if not 0.0 <= self.lora_dropout < 1.0:
