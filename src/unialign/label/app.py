@@ -205,17 +205,19 @@ class LabelApp:
             ctx["media"] = [f"/media/{head.id}/{c}" for c in order]
             ctx["horizon"] = self.store.segment(head).obs.shape[1]
             ctx["env"] = head.source.get("env", head.source.get("env_id"))
+            # this query's pictures first (the page's <img> requests wait on them), then the
+            # next pending one's, so that it is ready when the annotator gets there
             nxt = self.store.next_pending(labeler, after=head.id)
-            if nxt is not None:
-                self.prefetch.submit(self._draw_quietly, nxt)
+            self.prefetch.submit(self._draw_quietly, [head.id] + ([] if nxt is None else [nxt]))
         return ctx
 
-    def _draw_quietly(self, query_id: int) -> None:
-        head = self.store.head(query_id)
-        if head is not None and head.kind == "segment":
-            q = self.store.segment(head)
-            for c in (1, 2):
-                self.media.picture(q, c)
+    def _draw_quietly(self, query_ids: list[int]) -> None:
+        for query_id in query_ids:
+            head = self.store.head(query_id)
+            if head is not None and head.kind == "segment":
+                q = self.store.segment(head)
+                for c in (1, 2):
+                    self.media.picture(q, c)
 
     def page(self, request: Request, name: str, session: Session | None, **ctx: Any) -> Response:
         status = ctx.pop("status", 200)

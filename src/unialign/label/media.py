@@ -107,6 +107,8 @@ def _set_pendulum(env, obs: np.ndarray, action: np.ndarray) -> None:
     if obs.shape[-1] != 3:
         raise NotRenderable(f"Pendulum observations have 3 values, got {obs.shape[-1]}")
     u = env.unwrapped
+    if getattr(u, "screen", None) is None:  # draw at the GIF's size: 4× fewer pixels than 500²
+        u.screen_dim = FRAME_SIZE
     u.state = np.array([math.atan2(float(obs[1]), float(obs[0])), float(obs[2])])
     u.last_u = float(np.clip(action[0], -u.max_torque, u.max_torque)) if action.size else None
 
