@@ -37,13 +37,23 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 
     specs = [s for s in REGISTRY.values() if args.family in (None, s.family)]
     table = Table(title=f"unialign objectives ({len(specs)})", show_lines=False)
+    # a paper column as wide as its longest single reference ("Rafailov et al. 2023, arXiv
+    # 2305.18290"), so a reference is never split across lines: it is what a reader copies
+    ref_width = max(len(ref.strip()) for s in specs for ref in s.paper.split(";"))
     for col in ("name", "family", "description", "paper", "hyperparameters"):
-        table.add_column(col, overflow="fold")
+        width = min(ref_width, 60) if col == "paper" else None
+        table.add_column(col, overflow="fold", no_wrap=col in ("name", "family"), min_width=width)
     for s in sorted(specs, key=lambda s: (s.family, s.name)):
         hp = ", ".join(f"{k}={v}" for k, v in s.hparams.items())
         table.add_row(s.name, s.family, s.description, s.paper, hp)
     Console(width=max(Console().width, 160)).print(table)
     return 0
+
+
+def _families() -> list[str]:
+    from unialign.losses import REGISTRY
+
+    return sorted({s.family for s in REGISTRY.values()})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -132,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "losses", help="list every objective with a one-line description and its paper"
     )
-    p.add_argument("--family", choices=["direct", "reward", "game"], help="only this family")
+    p.add_argument("--family", choices=_families(), help="only this family")
     p.set_defaults(func=_cmd_losses)
 
     p = sub.add_parser(
