@@ -5,7 +5,9 @@ It logs in, labels five queries with the keyboard (1, →, =, s + reason, ←), 
 one with u, labels it again with 2, and checks the store holds exactly the expected labels: each
 one worked out from what the page showed on the left (the completion's text, the segment
 picture's candidate number), so the randomized left/right order is checked end to end. It also
-takes the docs' screenshots into ``docs/img/labelling-*.png``.
+takes screenshots of each view: into the test's temporary directory, or, with
+``UNIALIGN_DOCS_SCREENSHOTS=1``, into ``docs/img/labelling-*.png`` (the docs' pictures), so a
+plain test run leaves the work tree untouched.
 
 The browser comes from Debian (``scripts/bootstrap.sh`` installs it with apt-get when run as
 root). Without it the test is skipped when it could not have been installed (not root), and
@@ -121,13 +123,14 @@ def _images_loaded(page) -> None:
     )
 
 
-def test_label_five_queries_with_the_keyboard(server):
+def test_label_five_queries_with_the_keyboard(server, tmp_path):
     executable = _chromium()
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is a dev dependency (pip install -e .[dev])"
     )
     base, store, token = server
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    shots = DOCS_IMG if os.environ.get("UNIALIGN_DOCS_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=executable, headless=True, args=["--no-sandbox", "--disable-gpu"]
@@ -136,7 +139,7 @@ def test_label_five_queries_with_the_keyboard(server):
         try:
             page.goto(base + "/")
             assert page.url.endswith("/login")
-            page.screenshot(path=str(DOCS_IMG / "labelling-login.png"))
+            page.screenshot(path=str(shots / "labelling-login.png"))
             page.fill("#token", "not-a-token")
             with page.expect_navigation():
                 page.press("#token", "Enter")
@@ -153,10 +156,10 @@ def test_label_five_queries_with_the_keyboard(server):
                 assert page.get_attribute("body", "data-query-id") == str(query_id)
                 left = _left_candidate(page, query_id)
                 if query_id == 1:
-                    page.screenshot(path=str(DOCS_IMG / "labelling-lm.png"))
+                    page.screenshot(path=str(shots / "labelling-lm.png"))
                 if query_id == 5:
                     _images_loaded(page)
-                    page.screenshot(path=str(DOCS_IMG / "labelling-control.png"))
+                    page.screenshot(path=str(shots / "labelling-control.png"))
                 if side == "skip":
                     page.keyboard.press("s")
                     assert page.is_visible("#skip-form")
@@ -203,8 +206,8 @@ def test_label_five_queries_with_the_keyboard(server):
             page.click("text=Agreement & export")
             page.wait_for_selector("#pairs")
             assert "human:bob" in page.inner_text("#pairs")
-            page.screenshot(path=str(DOCS_IMG / "labelling-agreement.png"), full_page=True)
+            page.screenshot(path=str(shots / "labelling-agreement.png"), full_page=True)
         finally:
             browser.close()
     for name in ("login", "lm", "control", "agreement"):
-        assert (DOCS_IMG / f"labelling-{name}.png").stat().st_size > 5_000
+        assert (shots / f"labelling-{name}.png").stat().st_size > 5_000
