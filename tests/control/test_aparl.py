@@ -15,28 +15,12 @@ from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 from torch.func import functional_call
 
-from unialign.bilevel.tabular import EntropyBandit
 from unialign.control.aparl import aparl_reward_gradient
 from unialign.control.reward_model import RewardEnsemble
 from unialign.control.sac import SquashedGaussianActor, TwinCritic
 from unialign.control.types import SegmentBatch
 
 DT = torch.float64
-
-
-def _rel(x, ref):
-    return ((x - ref).norm() / ref.norm()).item()
-
-
-def _cos(x, ref):
-    return (x @ ref / (x.norm() * ref.norm())).item()
-
-
-def _problem(states, actions, dim, alpha, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    bandit = EntropyBandit.random(states, actions, dim, alpha=alpha, generator=g)
-    nu = torch.randn(bandit.features.shape[-1], generator=g, dtype=DT)
-    return bandit, nu
 
 
 # ----------------------------------------------------------------------------- SAC side
