@@ -376,7 +376,7 @@ def test_pair_judge_skips_are_stored_and_out_of_range_stops(tmp_path, tiny):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("fields", "message"),
-    [({"method": "ppo"}, "field 'method': unknown method 'ppo'"),
+    [({"method": "xpo"}, "field 'method': unknown method 'xpo'"),
      ({"method": "sppo", "loss": "ipo"}, "loss: only online_dpo takes a loss"),
      ({"loss": "kto"}, "field 'loss': objective of kind 'unpaired'"),
      ({"loss_params": {"gamma": 1.0}}, "loss_params: gamma not a hyperparameter of 'sigmoid'"),

@@ -46,6 +46,7 @@ from transformers import get_scheduler
 from unialign.config import ConfigError, dump_config
 from unialign.feedback.store import FeedbackStore, StoreMark
 from unialign.interrupt import StopOnSignal
+from unialign.lm import online_rl
 from unialign.lm.checkpoint import (
     TrainState,
     latest_checkpoint,
@@ -69,6 +70,7 @@ from unialign.lm.online_io import (
 from unialign.lm.online_judging import as_completion, judge_against_mixture, judge_samples
 from unialign.lm.online_methods import Examples, Judgements
 from unialign.lm.online_mixture import sample_mixture
+from unialign.lm.online_rewards import CombinedScoreJudge, greedy_completions, resolve_judges
 from unialign.lm.online_update import frozen_logps, plan_steps, update_policy
 from unialign.lm.packing import unwrap_model
 from unialign.lm.train import _positions
@@ -155,10 +157,15 @@ def train_lm_online(
     task = _load_task(cfg) if cfg.task else None
     state = TrainState()  # step = iterations done, examples_seen = prompts consumed
     stopper = StopOnSignal()
+    if judge is None and cfg.judges:  # several score judges, one combined reward
+        judge = resolve_judges(cfg.judges, task, combination=cfg.reward_combination,
+                               weights=cfg.reward_weights or None, resolve=resolve_judge)  # fmt: skip
     if judge is None:  # hooks of a judge of people: the iterate that sampled, the iteration
         judge = resolve_judge(cfg.judge, task, policy_version=lambda: state.step,
                               step_fn=lambda: state.step + 1,
                               stop_fn=lambda: stopper.requested)  # fmt: skip
+    if method.rollout is not None:
+        online_rl.check_judge(cfg.method, judge)
     prompts = load_prompts(cfg.prompts) if cfg.prompts else task.prompts("train", seed=cfg.seed)
     store_path = out / "feedback.sqlite"
     ckpt = latest_checkpoint(out) if resume else None
@@ -180,14 +187,24 @@ def train_lm_online(
         model_path, dtype=cfg.torch_dtype(cuda), attn_implementation=cfg.attention(cuda),
         lora=lora, gradient_checkpointing=cfg.gradient_checkpointing,
     ).to(acc.device)  # fmt: skip
-    ref_model = frozen_copy(policy) if cfg.needs_reference and lora is None else None
+    reference_judge = isinstance(judge, CombinedScoreJudge) and judge.needs_reference
+    wants_ref = cfg.needs_reference or reference_judge
+    ref_model = frozen_copy(policy) if wants_ref and lora is None else None
+    if reference_judge:  # log_sigmoid: r_ref,p(x) of the reference policy's greedy completions
+        judge.bind_reference(prompts, greedy_completions(
+            ref_model or policy, tokenizer, max_new_tokens=cfg.max_new_tokens,
+            max_prompt_length=cfg.max_prompt_length, stop=cfg.stop,
+            batch_size=cfg.generation_batch_size, adapter_off=ref_model is None,
+        ), chunk=cfg.generation_batch_size)  # fmt: skip
+    rollout = online_rl.RolloutSettings.from_config(cfg) if method.rollout else None
     sampler = TransformersSampler(policy, tokenizer, batch_size=cfg.generation_batch_size)
     logps_kw = dict(pad_id=tokenizer.pad_token_id, chunk_size=cfg.chunk_size,
                     max_tokens_per_row=cfg.max_tokens_per_row)  # fmt: skip
 
     # optimizer, schedule, resume, store ---------------------------------------------------------
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
-                                  lr=cfg.lr, weight_decay=cfg.weight_decay)  # fmt: skip
+    params = ([p for p in policy.parameters() if p.requires_grad] if rollout is None else
+              online_rl.prepare_policy(policy, rollout, lr=cfg.lr, value_lr=cfg.value_lr))  # fmt: skip
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_iteration = cfg.update_epochs * cfg.updates_per_epoch
     scheduler = get_scheduler(
         {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule), optimizer,
@@ -254,18 +271,30 @@ def train_lm_online(
                 )  # fmt: skip
                 # 5. frozen log-probs: ℓ_t (the policy that sampled) and ℓ_ref
                 t0 = time.perf_counter()
-                previous, reference = frozen_logps(
-                    policy, ref_model, s.gens, examples, plan[: cfg.updates_per_epoch],
-                    previous=method.uses_previous, reference=cfg.needs_reference, **logps_kw,
-                )  # fmt: skip
+                if rollout is not None:  # policy-gradient methods: per-token rollout (online_rl)
+                    ro = online_rl.collect_rollout(policy, ref_model, s.gens, examples,
+                                                   plan[: cfg.updates_per_epoch], rollout,
+                                                   **logps_kw)  # fmt: skip
+                    previous, reference = ro.previous, ro.reference
+                else:
+                    previous, reference = frozen_logps(
+                        policy, ref_model, s.gens, examples, plan[: cfg.updates_per_epoch],
+                        previous=method.uses_previous, reference=cfg.needs_reference, **logps_kw,
+                    )  # fmt: skip
                 t_frozen = time.perf_counter() - t0
                 # 6. update
-                upd = update_policy(
-                    policy, optimizer, scheduler, s.gens, examples, plan, previous, reference,
-                    method=method, objective=cfg.objective, params=cfg.resolved_params(),
-                    use_reference=cfg.needs_reference, max_grad_norm=cfg.max_grad_norm,
-                    **logps_kw,
-                )  # fmt: skip
+                if rollout is not None:
+                    upd = online_rl.update_rollout(
+                        policy, optimizer, scheduler, s.gens, examples, plan, ro, rollout,
+                        max_grad_norm=cfg.max_grad_norm, **logps_kw,
+                    )  # fmt: skip
+                else:
+                    upd = update_policy(
+                        policy, optimizer, scheduler, s.gens, examples, plan, previous, reference,
+                        method=method, objective=cfg.objective, params=cfg.resolved_params(),
+                        use_reference=cfg.needs_reference, max_grad_norm=cfg.max_grad_norm,
+                        **logps_kw,
+                    )  # fmt: skip
                 state.step += 1
                 state.examples_seen += cfg.prompts_per_iteration
                 # 7. log
@@ -273,6 +302,8 @@ def train_lm_online(
                     **upd.metrics,
                     **iteration_metrics(s.gens, judgements, examples, previous, reference),
                 }
+                if rollout is not None:  # their per-sample targets are scores, not win rates
+                    last.pop("judge/win_rate_spread", None)
                 last.update({
                     "lm/lr": upd.lr, "lm/optimizer_steps": state.step * steps_per_iteration,
                     "lm/generation_tokens_per_s": s.tokens / max(s.seconds, 1e-9),
@@ -314,8 +345,10 @@ def train_lm_online(
                                    "labels": store.count_labels(include_skipped=True)}  # fmt: skip
             summary["learning_curve"] = plot_learning_curve(out / "metrics.jsonl",
                                                             out / "learning_curve.png")  # fmt: skip
+            value_head = online_rl.finish_policy(policy, out)  # PPO: the head is not the LM's
             summary["outputs"] = save_policy(policy, tokenizer, out,
                                              merge_lora=cfg.merge_lora_on_save)  # fmt: skip
+            summary["outputs"].update(value_head)
     finally:
         log.close()
         store.close()

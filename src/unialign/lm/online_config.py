@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from unialign.feedback.judges import parse_judge_config
 from unialign.lm.config import _must_exist_locally
 from unialign.lm.online_methods import METHODS, OnlineMethod, dummy_batch
+from unialign.lm.online_rewards import SCORE_KINDS
 from unialign.losses import REGISTRY, LossSpec
 
 __all__ = ["LMOnlineConfig", "online_method_names", "ONLINE_DPO_KINDS"]
@@ -29,6 +30,9 @@ ONLINE_DPO_KINDS = ("paired", "paired_ref_free")
 TASK_JUDGES = ("task:preference", "task:gold")
 
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora_on_save")
+#: The policy-gradient methods and the fields only PPO takes.
+_ROLLOUT_METHODS = ("reinforce", "rloo", "grpo", "ppo")
+_PPO_FIELDS = ("gamma", "lam", "value_coef", "value_clip", "value_lr", "whiten_advantages")
 
 
 def online_method_names() -> list[str]:
@@ -137,20 +141,39 @@ class LMOnlineConfig(BaseModel):
         description="prompts per judge call (each call's verdicts are stored at once); "
         "default: all prompts of an iteration",
     )
+    judges: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="several score judges combined into one reward, instead of judge: each "
+        "task:gold, a 'file.py:function' reward function or a reward_function / reward_model "
+        "mapping (docs/lm-online.md, Several rewards)",
+    )
+    reward_combination: Literal["weighted", "log_sigmoid"] = Field(
+        "weighted",
+        description="judges only: weighted = Σ_p w_p r_p; log_sigmoid = Σ_p log σ(r_p − r_ref,p) "
+        "with r_ref,p the reward of the reference policy's greedy completion of the prompt "
+        "(Wang et al. 2024)",
+    )
+    reward_weights: list[float] = Field(
+        default_factory=list,
+        description="judges with weighted: one weight per judge (empty = 1 each)",
+    )
 
     # --- method --------------------------------------------------------------------------------
     method: str = Field(
-        "online_dpo", description="online_dpo, sppo, inpo, dno or nash_md (docs/lm-online.md)"
+        "online_dpo",
+        description="online_dpo, sppo, inpo, dno, nash_md, or the policy-gradient methods "
+        "reinforce, rloo, grpo, ppo (docs/lm-online.md)",
     )
     loss: str = Field(
         "sigmoid",
         description="online_dpo only: any paired objective of `unialign losses` (sigmoid, ipo, "
-        "hinge, simpo, ...)",
+        "hinge, simpo, ...); grpo: grpo (its default), dr_grpo, dapo, bnpo or gspo",
     )
     loss_params: dict[str, float | bool | str] = Field(
         default_factory=dict,
         description="keyword hyperparameters of the method's objective (online_dpo: the loss's; "
-        "sppo: eta; inpo: eta, tau; dno: beta; nash_md: kl_coef)",
+        "sppo: eta; inpo: eta, tau; dno: beta; nash_md: kl_coef; grpo, ppo: epsilon_low, "
+        "epsilon_high, kl_coef, kl_estimator, ...; reinforce, rloo: none)",
     )
     beta: float | None = Field(
         None, description="shortcut for loss_params.beta (objectives that have a beta)"
@@ -169,6 +192,32 @@ class LMOnlineConfig(BaseModel):
         0.5,
         description="nash_md only: β of the mixture π_θ^(1−β)·π_ref^β the opponent samples "
         "are drawn from (token-wise over logits)",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="grpo only: divide the group-centred rewards by the std of the prompt's "
+        "group, of the whole iteration, or not at all (none: Dr. GRPO)",
+    )
+    kl_penalty: Literal["none", "k1", "k2", "k3"] = Field(
+        "none",
+        description="reinforce, rloo, grpo, ppo: subtract kl_penalty_coef·Σ_t k_t from the "
+        "reward, k_t this per-token estimator of KL(π_old ‖ π_ref); none = no penalty (a KL loss "
+        "term is loss_params.kl_coef)",
+    )
+    kl_penalty_coef: float = Field(0.05, description="β of kl_penalty (when it is not none)")
+    gamma: float = Field(1.0, description="ppo only: GAE discount γ over completion tokens")
+    lam: float = Field(0.95, description="ppo only: GAE λ")
+    value_coef: float = Field(
+        0.1, description="ppo only: weight of the clipped value loss in the total loss"
+    )
+    value_clip: float = Field(
+        0.2, description="ppo only: ε_v of the clipped value loss (V stays within ε_v of V_old)"
+    )
+    value_lr: float | None = Field(
+        None, description="ppo only: learning rate of the value head (default: lr)"
+    )
+    whiten_advantages: bool = Field(
+        True, description="ppo only: normalize the GAE advantages over all completion tokens"
     )
 
     # --- optimization --------------------------------------------------------------------------
@@ -235,7 +284,14 @@ class LMOnlineConfig(BaseModel):
 
     @field_validator("loss")
     @classmethod
-    def _paired_loss(cls, v: str) -> str:
+    def _paired_loss(cls, v: str, info) -> str:
+        rollout = getattr(METHODS.get(info.data.get("method", "")), "rollout", None)
+        if rollout is not None:  # the field's default means "the method's own objective"
+            if v in rollout.losses or v == cls.model_fields["loss"].default:
+                return v
+            if len(rollout.losses) > 1:
+                raise ValueError(f"{info.data['method']} trains with: {', '.join(rollout.losses)}")
+            return v  # the cross-field check says that this method takes no loss
         spec = REGISTRY.get(v)
         if spec is None or spec.kind not in ONLINE_DPO_KINDS:
             names = sorted(n for n, s in REGISTRY.items() if s.kind in ONLINE_DPO_KINDS)
@@ -246,7 +302,7 @@ class LMOnlineConfig(BaseModel):
     @field_validator(
         "lr", "lora_alpha", "lora_r", "prompts_per_iteration", "max_new_tokens", "iterations",
         "micro_batch_size", "update_epochs", "updates_per_epoch", "generation_batch_size",
-        "chunk_size", "score_temperature", "temperature",
+        "chunk_size", "score_temperature", "temperature", "value_clip",
     )  # fmt: skip
     @classmethod
     def _positive(cls, v: float, info) -> float:
@@ -255,7 +311,7 @@ class LMOnlineConfig(BaseModel):
         return v
 
     @field_validator("weight_decay", "warmup_steps", "save_every", "seed", "margin_threshold",
-                     "top_k")  # fmt: skip
+                     "top_k", "kl_penalty_coef", "value_coef")  # fmt: skip
     @classmethod
     def _non_negative(cls, v: float, info) -> float:
         if not v >= 0:
@@ -286,9 +342,10 @@ class LMOnlineConfig(BaseModel):
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError("lora_dropout must lie in [0, 1)")
         method = self.online_method
-        if "loss" in set_ and self.method != "online_dpo":
-            raise ValueError(f"loss: only online_dpo takes a loss; {self.method} trains with "
-                             f"{method.objective.name}")  # fmt: skip
+        variants = method.rollout.losses if method.rollout is not None else ()
+        if "loss" in set_ and self.method != "online_dpo" and len(variants) < 2:
+            raise ValueError(f"loss: only online_dpo takes a loss (and grpo one of its variants); "
+                             f"{self.method} trains with {method.objective.name}")  # fmt: skip
         if "pairs" in set_ and not method.pair_rule:
             raise ValueError(f"pairs: {self.method} does not build pairs by this rule")
         if "margin_threshold" in set_ and self.method != "dno":
@@ -297,10 +354,10 @@ class LMOnlineConfig(BaseModel):
             raise ValueError("mixture_coef: nash_md only")
         if not 0.0 <= self.mixture_coef <= 1.0:
             raise ValueError("mixture_coef must lie in [0, 1]")
-        if self.num_samples < (1 if method.mixture else 2):
-            raise ValueError(
-                f"num_samples must be >= {1 if method.mixture else 2} for method {self.method}"
-            )
+        one = method.mixture or (method.rollout is not None and method.rollout.advantage in
+                                 ("mean_baseline", "gae"))  # fmt: skip
+        if self.num_samples < (1 if one else 2):
+            raise ValueError(f"num_samples must be >= {1 if one else 2} for method {self.method}")
         if method.mixture:
             for name, default in (("stop", []), ("top_p", 1.0), ("top_k", 0)):
                 if getattr(self, name) != default:
@@ -319,6 +376,7 @@ class LMOnlineConfig(BaseModel):
         if self.max_tokens_per_row is not None and self.max_tokens_per_row < 1:
             raise ValueError("max_tokens_per_row must be >= 1")
         self._check_judge()
+        self._check_rollout(set_)
         _check_params(self.objective, self.resolved_params(), method)
         return self
 
@@ -326,6 +384,7 @@ class LMOnlineConfig(BaseModel):
         """Task judges need the task; any other spec is validated as a judge config (a judge
         of people must label in a store other than the run's own feedback store, which a
         resume rolls back)."""
+        self._check_judges()
         spec = self.judge
         if isinstance(spec, str) and spec.startswith("task:"):
             if self.task is None:
@@ -333,10 +392,16 @@ class LMOnlineConfig(BaseModel):
             if spec not in TASK_JUDGES:
                 raise ValueError(f"judge: unknown task judge {spec!r}; valid: "
                                  f"{', '.join(TASK_JUDGES)}")  # fmt: skip
+            if self.online_method.rollout is not None and spec != "task:gold":
+                raise ValueError(f"judge: method {self.method} needs a ScoreJudge (one reward per "
+                                 f"sample); {spec} is a PairJudge")  # fmt: skip
             return
         if spec is None:
             return
         judge_cfg = parse_judge_config(spec, source="judge")  # JudgeConfigError names the field
+        if self.online_method.rollout is not None and judge_cfg.kind not in SCORE_KINDS:
+            raise ValueError(f"judge: method {self.method} needs a ScoreJudge (one reward per "
+                             f"sample); a {judge_cfg.kind} judge compares pairs")  # fmt: skip
         store = getattr(judge_cfg, "store", None)
         run_store = Path(self.output_dir) / "feedback.sqlite"
         if store is not None and Path(store).expanduser().resolve() == run_store.resolve():
@@ -345,6 +410,64 @@ class LMOnlineConfig(BaseModel):
                 "another store file (the run's store is rolled back on resume)"
             )
 
+    def _check_judges(self) -> None:
+        """``judges``: score judges only, not with ``judge``; the combination fields need it."""
+        if not self.judges:
+            for name in ("reward_combination", "reward_weights"):
+                if _not_default(self, name):
+                    raise ValueError(f"{name}: needs judges (several score judges)")
+            return
+        if self.judge is not None:
+            raise ValueError("judges: give either judge (one) or judges (several), not both")
+        for i, spec in enumerate(self.judges):
+            where = f"judges[{i}]"
+            if isinstance(spec, str) and spec.startswith("task:"):
+                if spec != "task:gold":
+                    raise ValueError(f"{where}: {spec} is not a score judge (task:gold is)")
+                if self.task is None:
+                    raise ValueError(f"{where}: {spec} needs task")
+                continue
+            kind = parse_judge_config(spec, source=where).kind
+            if kind not in SCORE_KINDS:
+                raise ValueError(f"{where}: a {kind} judge compares pairs; reward combination "
+                                 f"needs score judges ({', '.join(SCORE_KINDS)})")  # fmt: skip
+        if self.reward_weights:
+            if self.reward_combination != "weighted":
+                raise ValueError("reward_weights: only with reward_combination: weighted "
+                                 f"(not {self.reward_combination})")  # fmt: skip
+            if len(self.reward_weights) != len(self.judges):
+                raise ValueError(f"reward_weights: {len(self.reward_weights)} weights for "
+                                 f"{len(self.judges)} judges")  # fmt: skip
+
+    def _check_rollout(self, given: set[str]) -> None:
+        """Policy-gradient fields only with their methods, and in range."""
+        rollout = self.online_method.rollout
+        only = {"scale_rewards": ("grpo",), "kl_penalty": _ROLLOUT_METHODS,
+                "kl_penalty_coef": _ROLLOUT_METHODS}  # fmt: skip
+        only.update({f: ("ppo",) for f in _PPO_FIELDS})
+        for name, methods in only.items():
+            if name in given and self.method not in methods:
+                which = methods[0] if len(methods) == 1 else (
+                    f"the policy-gradient methods ({', '.join(methods)})")  # fmt: skip
+                raise ValueError(f"{name}: {which} only")
+        if rollout is None:
+            return
+        if "kl_penalty_coef" in given and self.kl_penalty == "none":
+            raise ValueError("kl_penalty_coef: needs kl_penalty (k1, k2 or k3)")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+        if self.value_lr is not None and not self.value_lr > 0:
+            raise ValueError("value_lr must be > 0")
+        longest = self.resolved_params().get("max_completion_length")
+        if (
+            self.objective.name == "dr_grpo"
+            and "max_completion_length" in self.loss_params
+            and (isinstance(longest, int) and longest < self.max_new_tokens)
+        ):
+            raise ValueError(f"loss_params.max_completion_length ({longest}) must be >= "
+                             f"max_new_tokens ({self.max_new_tokens})")  # fmt: skip
+
     # --- derived values (computed in one place) -------------------------------------------------
     @property
     def online_method(self) -> OnlineMethod:
@@ -352,7 +475,11 @@ class LMOnlineConfig(BaseModel):
 
     @property
     def objective(self) -> LossSpec:
-        """The objective the update calls: the method's, or ``loss`` for online DPO."""
+        """The objective the update calls: the method's, or ``loss`` for online DPO (and for
+        grpo, one of its variants)."""
+        rollout = self.online_method.rollout
+        if rollout is not None:
+            return REGISTRY[self.loss if self.loss in rollout.losses else rollout.losses[0]]
         return self.online_method.objective or REGISTRY[self.loss]
 
     def resolved_params(self) -> dict[str, Any]:
@@ -365,6 +492,10 @@ class LMOnlineConfig(BaseModel):
                 f"valid: {', '.join(spec.hparams) or '(none)'}"
             )
         params: dict[str, Any] = {**spec.hparams, **self.loss_params}
+        for key, value in self.loss_params.items():  # YAML numbers arrive as floats here
+            default = spec.hparams.get(key)
+            if type(default) is int and isinstance(value, float) and value.is_integer():
+                params[key] = int(value)
         if self.beta is not None:
             if "beta" not in spec.hparams:
                 raise ValueError(f"beta: objective {spec.name!r} has no beta")
@@ -377,8 +508,11 @@ class LMOnlineConfig(BaseModel):
     def needs_reference(self) -> bool:
         """ℓ_ref is needed (the objective's reference term, or Nash-MD's mixture)."""
         m = self.online_method
-        return m.uses_reference(self.objective, self.resolved_params()) or (
-            m.mixture and self.mixture_coef > 0
+        penalty = m.rollout is not None and self.kl_penalty != "none" and self.kl_penalty_coef > 0
+        return (
+            m.uses_reference(self.objective, self.resolved_params())
+            or penalty
+            or (m.mixture and self.mixture_coef > 0)
         )
 
     @property

@@ -27,6 +27,7 @@ from torch import Tensor
 from unialign.losses import REGISTRY, LossOutput, LossSpec, PairedLogps
 from unialign.losses._core import check_in_range, check_tensors, compute_dtype, present_tensors
 from unialign.losses.game import IterateLogps, SelfPlayLogps, dno_filter_pairs
+from unialign.losses.policy_gradient import ReinforceBatch, RolloutBatch
 
 __all__ = [
     "Judgements",
@@ -44,6 +45,8 @@ __all__ = [
     "large_margin_pairs",
     "mixture_samples",
     "nash_md_pg",
+    "RolloutRule",
+    "scored_samples",
 ]
 
 
@@ -308,6 +311,48 @@ NASH_MD_SPEC = LossSpec(
 
 
 # ---------------------------------------------------------------------------------------------
+# policy-gradient (RLHF) methods: scored samples; the rollout and update are lm/online_rl.py's
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RolloutRule:
+    """What makes a method a policy-gradient one (:mod:`unialign.lm.online_rl`).
+
+    Attributes:
+        advantage: ``mean_baseline`` (REINFORCE, baseline = the iteration's mean reward),
+            ``rloo`` (leave-one-out baseline in the prompt's group), ``group`` (GRPO's
+            group-normalized advantage) or ``gae`` (PPO: per-token GAE with a value head).
+        losses: the objectives the ``loss`` field may select (the first is the default).
+        value_head: trains a scalar value head on the policy trunk (PPO).
+    """
+
+    advantage: str
+    losses: tuple[str, ...]
+    value_head: bool = False
+
+
+def scored_samples(j: Judgements) -> Examples:
+    """Every sample with its judge score as the target (policy-gradient methods); the
+    advantages come later, from the scores and the rollout's log-probs (``lm/online_rl.py``)."""
+    if j.scores is None:
+        raise ValueError("judge: a policy-gradient method needs a ScoreJudge (one reward per "
+                         "sample); a PairJudge only compares pairs")  # fmt: skip
+    s = j.scores.reshape(-1).to(torch.float64)
+    return Examples(torch.arange(s.numel()), None, s, 0)
+
+
+def _one_token(b: ExampleLogps) -> Any:
+    """A ``[B, 1]`` view of per-sample log-probs (validates clipped-surrogate hyperparameters)."""
+    col = lambda t: None if t is None else t[:, None]  # noqa: E731
+    return RolloutBatch(col(b.policy_chosen), torch.ones(len(b.target), 1, dtype=torch.bool),
+                        b.target, col(b.previous_chosen), col(b.ref_chosen))  # fmt: skip
+
+
+def _one_token_reinforce(b: ExampleLogps) -> Any:
+    return ReinforceBatch(b.policy_chosen[:, None], torch.ones(len(b.target), 1, dtype=torch.bool),
+                          b.target, torch.zeros_like(b.target))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
 # the registry
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -345,6 +390,9 @@ class OnlineMethod:
         uses_reference: ``(spec, params) → bool``, whether ℓ_ref is needed.
         mixture: samples a second completion per sample from π_θ^{1−β} π_ref^β (Nash-MD).
         pair_rule: builds pairs with the ``pairs`` config field (best_worst / all).
+        rollout: a policy-gradient method (:class:`RolloutRule`): phases 5–6 are
+            :mod:`unialign.lm.online_rl`'s per-token rollout and update; ``batch`` then only
+            maps a one-token view for hyperparameter validation.
     """
 
     name: str
@@ -356,10 +404,25 @@ class OnlineMethod:
     uses_reference: Callable[[LossSpec, dict[str, Any]], bool]
     mixture: bool = False
     pair_rule: bool = False
+    rollout: RolloutRule | None = None
 
 
 def _pairs(j: Judgements, opts: dict[str, Any]) -> Examples:
     return all_pairs(j) if opts.get("pairs") == "all" else best_worst_pairs(j)
+
+
+def _rollout_method(name: str, paper: str, rule: RolloutRule) -> OnlineMethod:
+    """A policy-gradient row: scored samples in, the rule's objective (ℓ_ref for a KL term)."""
+    return OnlineMethod(
+        name=name,
+        paper=paper,
+        objective=REGISTRY[rule.losses[0]],
+        build=lambda j, opts: scored_samples(j),
+        batch=_one_token_reinforce if rule.losses[0] == "reinforce" else _one_token,
+        uses_previous=True,
+        uses_reference=lambda spec, params: float(params.get("kl_coef", 0.0)) > 0,
+        rollout=rule,
+    )
 
 
 METHODS: dict[str, OnlineMethod] = {
@@ -428,6 +491,26 @@ METHODS: dict[str, OnlineMethod] = {
             uses_previous=False,
             uses_reference=lambda spec, params: float(params.get("kl_coef", 0.0)) > 0,
             mixture=True,
+        ),
+        _rollout_method(
+            "reinforce",
+            "Williams 1992; Ahmadian et al. 2024, arXiv 2402.14740",
+            RolloutRule("mean_baseline", ("reinforce",)),
+        ),
+        _rollout_method(
+            "rloo",
+            "Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740",
+            RolloutRule("rloo", ("reinforce",)),
+        ),
+        _rollout_method(
+            "grpo",
+            "Shao et al. 2024, arXiv 2402.03300 (loss variants: Dr. GRPO, DAPO, BNPO, GSPO)",
+            RolloutRule("group", ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")),
+        ),
+        _rollout_method(
+            "ppo",
+            "Schulman et al. 2017, arXiv 1707.06347; Ouyang et al. 2022, arXiv 2203.02155",
+            RolloutRule("gae", ("ppo_clip",), value_head=True),
         ),
     )
 }
