@@ -2,8 +2,10 @@
 
 Commands:
     unialign losses                      list every objective with its paper
-    unialign demo                        the main job: align a control policy to simulated
+    unialign demo [control]              the main job: align a control policy to simulated
                                          preference feedback on a small default task
+    unialign demo lm                     align SmolLM2-135M-Instruct (online DPO, LoRA) to a
+                                         programmatic reward on CPU (docs/lm-demo.md)
     unialign train control --config F    any control configuration (oracle / pebble / aparl)
     unialign train lm --config F         offline preference training of a causal LM
     unialign train lm-online --config F  online preference training of a causal LM (sample,
@@ -57,11 +59,26 @@ def _families() -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.kind == "lm":
+        if args.no_oracle:
+            print("unialign: error: --no-oracle is for the control demo", file=sys.stderr)
+            return 2
+        from unialign.lm.demo import run_lm_demo
+
+        summary = run_lm_demo(
+            out_dir=args.out or "runs/demo_lm", seed=args.seed, iterations=args.iterations,
+            quick=args.quick,
+        )  # fmt: skip
+        return 130 if summary.get("interrupted") else 0
+    if args.iterations is not None:
+        print("unialign: error: --iterations is for `unialign demo lm`", file=sys.stderr)
+        return 2
     from unialign.control.demo import run_demo
 
     summary = run_demo(
-        out_dir=args.out, seed=args.seed, quick=args.quick, oracle=not args.no_oracle
-    )
+        out_dir=args.out or "runs/demo", seed=args.seed, quick=args.quick,
+        oracle=not args.no_oracle,
+    )  # fmt: skip
     return 130 if summary.get("interrupted") else 0
 
 
@@ -147,12 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="main job: align a Pendulum-v1 policy to a few hundred simulated preference queries",
+        help="main job: align a Pendulum-v1 policy to a few hundred simulated preference queries "
+        "(`demo lm`: align SmolLM2-135M-Instruct with online DPO on CPU)",
     )
-    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument(
+        "kind", nargs="?", choices=["control", "lm"], default="control",
+        help="control (default): A-PARL on Pendulum-v1; lm: online DPO of SmolLM2-135M-Instruct "
+        "(LoRA) to a short-answer reward, about ten minutes on two CPU cores",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", default=None, help="run directory (default: runs/demo, or runs/demo_lm for lm)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle comparison run")
+    p.add_argument(
+        "--iterations", type=int, default=None, help="lm only: online iterations (default: 8)"
+    )
     p.set_defaults(func=_cmd_demo)
 
     feedback = sub.add_parser("feedback", help="work with a feedback store (SQLite)")
