@@ -184,6 +184,11 @@ def load_rm_examples(cfg: RMTrainConfig, tokenizer) -> tuple[RMExamples, RMExamp
                 f"format: {which} {data.source} is unpaired (prompt/completion/label); a reward "
                 "model trains on pairs (prompt/chosen/rejected)"
             )
+    if held is not None and held.fmt != train.fmt:
+        raise ConfigError(
+            f"eval_data: {held.source} is {held.fmt} but train_data is {train.fmt}; a model "
+            "scores one kind of text (strings, or chat-template conversations)"
+        )
     if len(train) == 0:
         raise ConfigError(f"train_data: {cfg.train_data} has no usable pairs")
     out_train = _examples(train, margins, cfg.max_length)
