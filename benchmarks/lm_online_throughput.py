@@ -1,0 +1,552 @@
+"""Online DPO throughput: TRL's ``trl.experimental.online_dpo`` and unialign, same run, same device.
+
+One **iteration** = one batch of P prompts sampled (K = 2 completions each), judged by a
+Python reward function and trained on (one optimizer step). TRL's online DPO always samples
+2 completions per prompt and trains on the better vs the worse one; unialign runs
+``method: online_dpo, pairs: best_worst, num_samples: 2``, which is the same pair.
+
+Both peers get the same random-weight model (built from a config, saved once, loaded with
+``from_pretrained`` by each), the same prompt pool, the same reward function (``reward_fn``
+below, given to TRL as ``reward_funcs`` and to unialign as a ``FunctionScoreJudge``), K = 2,
+``max_new_tokens``, temperature 1 (no top-k / top-p), sigmoid loss with β = 0.1, AdamW
+(``torch.optim.AdamW`` for both: TRL's default ``adamw_torch_fused`` is switched to
+``adamw_torch``), constant learning rate 1e-6, no weight decay, gradient clipping at 1.0, one
+forward/backward of all P pairs per step, no gradient checkpointing (TRL's online DPO turns it
+on by default; unialign does not), fp32 on CPU / bf16 on CUDA, the frozen initial policy as
+reference (TRL's ``create_reference_model`` copy; unialign's ``frozen_copy``).
+
+Peers (``--peers``): ``trl``; ``unialign`` with its defaults (log-probs of packed rows of
+max(1024, longest sequence) tokens); ``unialign_rows``, the same with ``max_tokens_per_row`` =
+the longest possible sequence, about one sequence per row like TRL's padded batch (on CPU the
+``sdpa`` document mask of a 1024-token row costs the full L² attention: see docs/benchmarks.md).
+
+Metrics per peer and repeat (the first ``--warmup`` iterations are not timed; timing runs from
+the end of the last warm-up iteration to the end of the last iteration):
+
+- ``iterations_per_s``: timed iterations / wall seconds;
+- ``generated_tokens_per_s``: sampled completion tokens (EOS included, no padding) / seconds
+  spent in the generation phase (TRL: its ``_generate``; unialign: ``time/generation_s``);
+- ``update_tokens_per_s``: non-pad prompt + completion tokens of the chosen and rejected
+  sequences trained on / seconds of the rest of the iteration (wall − generation − judge:
+  reference forward, policy forward/backward, optimizer, bookkeeping and logging);
+- ``cpu_s_per_iteration``: process CPU time per timed iteration (less sensitive to other jobs
+  on a shared machine than wall time);
+- ``peak_rss_mib``: ``getrusage`` peak resident memory of the peer's own process (each peer
+  runs in a fresh subprocess), ``peak_gpu_gib`` on CUDA;
+- equivalence counters: generated and update tokens per iteration, pairs per iteration,
+  optimizer steps, mean reward of the timed iterations' samples (same sampling distribution).
+
+Repeats alternate the order of the peers (as listed in odd repeats, reversed in even ones),
+so all see the same machine state on average; medians, min–max spread and the unialign/TRL
+ratios (of the medians, and per repeat) are reported, with the 1.5× iterations/s target checked
+for ``unialign`` (defaults). Torch runs ``--threads`` threads (default 1) in every peer.
+
+    python benchmarks/lm_online_throughput.py                  # CPU tier -> benchmarks/results/
+    python benchmarks/lm_online_throughput.py --tier gpu       # SmolLM2-135M, 0.39 B (CUDA only)
+    python benchmarks/lm_online_throughput.py --sizes tiny --repeats 1 --iterations 1 --out x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.5
+
+# Shared training settings (both peers)
+COMMON = dict(num_samples=2, lr=1e-6, beta=0.1, temperature=1.0, max_grad_norm=1.0, seed=0)
+
+SIZES = {
+    # CPU tier: the tiny Qwen2 of docs/lm-online.md's speed table, and a 4-layer one where the
+    # matrix work weighs more than the per-token Python overhead
+    "tiny": dict(
+        model=dict(arch="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, vocab=512, tie=False),
+        prompt_words=(5, 20), prompts_per_iteration=8, max_new_tokens=32, pool=64,
+    ),
+    "small": dict(
+        model=dict(arch="qwen2", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2, vocab=2048, tie=False),
+        prompt_words=(10, 40), prompts_per_iteration=8, max_new_tokens=64, pool=64,
+    ),
+    # GPU tier (CUDA only): SmolLM2-135M's architecture and the anchors' 0.39 B Qwen2
+    "smollm2_135m": dict(
+        model=dict(arch="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                   num_attention_heads=9, num_key_value_heads=3, vocab=49152, tie=True),
+        prompt_words=(30, 150), prompts_per_iteration=16, max_new_tokens=256, pool=256,
+    ),
+    "qwen2_0.39b": dict(
+        model=dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                   num_attention_heads=14, num_key_value_heads=2, vocab=32000, tie=True),
+        prompt_words=(30, 150), prompts_per_iteration=16, max_new_tokens=256, pool=256,
+    ),
+}  # fmt: skip
+TIERS = {"cpu": ["tiny", "small"], "gpu": ["smollm2_135m", "qwen2_0.39b"]}
+
+
+# ------------------------------------------------------------------------------------------
+# the judge: one Python reward function for both peers
+# ------------------------------------------------------------------------------------------
+def reward_fn(prompts, completions, **kwargs) -> list[float]:
+    """Share of vowels among the completion's letters plus a small length term (a cheap,
+    deterministic stand-in for a reward model). TRL calls it with keywords and extra
+    arguments, unialign's ``FunctionScoreJudge`` with ``(prompts, completions)``."""
+    out = []
+    for c in completions:
+        text = c if isinstance(c, str) else c[-1]["content"]
+        letters = [ch for ch in text if ch.isalpha()]
+        vowels = sum(ch in "aeiou" for ch in letters)
+        out.append(vowels / max(len(letters), 1) + 1e-3 * len(text))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# setup: tokenizer, model, prompts
+# ------------------------------------------------------------------------------------------
+def _words(rng: random.Random, n: int) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(n)]
+
+
+def prepare(work: Path, spec: dict, cuda: bool) -> dict:
+    """Tokenizer + random model saved to ``work/model``, prompts to ``work/prompts.jsonl``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        AutoModelForCausalLM,
+        LlamaConfig,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+    )
+
+    rng = random.Random(0)
+    m = spec["model"]
+    big = m["vocab"] > 4096
+    # enough distinct pseudo-words for the BPE to reach the target vocabulary
+    words = _words(rng, max(2000, 2 * m["vocab"]) if big else 2000)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        (text(200) for _ in range(max(3000, m["vocab"] // 5) if big else 300)),
+        trainers.BpeTrainer(vocab_size=m["vocab"], special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )  # fmt: skip
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")  # fmt: skip
+    config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[m["arch"]]
+    cfg = config_cls(
+        vocab_size=len(fast), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
+        num_key_value_heads=m["num_key_value_heads"], max_position_embeddings=8192,
+        bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=m["tie"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if cuda else torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(work / "model")
+    fast.save_pretrained(work / "model")
+    prompts = [text(rng.randint(*spec["prompt_words"])) for _ in range(spec["pool"])]
+    (work / "prompts.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
+    longest = max(len(fast(p)["input_ids"]) for p in prompts)
+    return {"model_dir": str(work / "model"), "prompts": str(work / "prompts.jsonl"),
+            "params": n_params, "vocab": len(fast), "longest_prompt_tokens": longest}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# one peer (runs in a worker process)
+# ------------------------------------------------------------------------------------------
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class _Marks:
+    """Per-iteration stamps: wall and CPU time at the end of each iteration, and what it did."""
+
+    def __init__(self) -> None:
+        self.iters: list[dict] = []
+        self.pending: dict = {"gen_s": 0.0, "judge_s": 0.0, "gen_tokens": 0, "update_tokens": 0}
+
+    def end_iteration(self, **extra) -> None:
+        _sync()
+        self.iters.append({**self.pending, **extra, "t": time.perf_counter(),
+                           "cpu": time.process_time()})  # fmt: skip
+        self.pending = {"gen_s": 0.0, "judge_s": 0.0, "gen_tokens": 0, "update_tokens": 0}
+
+    def summary(self, warm: int) -> dict:
+        """Totals over the iterations after the warm-up (stamp ``warm - 1`` is the start)."""
+        start, timed = self.iters[warm - 1], self.iters[warm:]
+        n = len(timed)
+        wall = timed[-1]["t"] - start["t"]
+        gen_s = sum(x["gen_s"] for x in timed)
+        judge_s = sum(x["judge_s"] for x in timed)
+        gen_tok = sum(x["gen_tokens"] for x in timed)
+        upd_tok = sum(x["update_tokens"] for x in timed)
+        return {
+            "iterations": n, "wall_s": wall, "iterations_per_s": n / wall,
+            "generated_tokens_per_s": gen_tok / gen_s,
+            "update_tokens_per_s": upd_tok / (wall - gen_s - judge_s),
+            "cpu_s_per_iteration": (timed[-1]["cpu"] - start["cpu"]) / n,
+            "share_generation": gen_s / wall, "share_judge": judge_s / wall,
+            "share_update": (wall - gen_s - judge_s) / wall,
+            "generated_tokens_per_iteration": gen_tok / n,
+            "update_tokens_per_iteration": upd_tok / n,
+            "pairs_per_iteration": sum(x["pairs"] for x in timed) / n,
+            "prompts_per_iteration": sum(x["prompts"] for x in timed) / n,
+        }  # fmt: skip
+
+
+def run_trl(job: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    cuda = torch.cuda.is_available()
+    warm, iters, P = job["warmup"], job["iterations"], job["prompts_per_iteration"]
+    rss_imports = _rss_mib()
+    tok = AutoTokenizer.from_pretrained(job["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(
+        job["model_dir"],
+        dtype=torch.bfloat16 if cuda else torch.float32,
+        attn_implementation="sdpa",
+    )
+    rows = [json.loads(x) for x in Path(job["prompts"]).read_text().splitlines()]
+    marks = _Marks()
+
+    class TimedOnlineDPO(OnlineDPOTrainer):
+        """TRL's trainer unchanged, with its generation and reward calls timed and counted."""
+
+        def _generate(self, model, prompts, images=None):
+            _sync()
+            t0 = time.perf_counter()
+            out = super()._generate(model, prompts, images)
+            _sync()
+            marks.pending["gen_s"] += time.perf_counter() - t0
+            _, prompt_mask, _, completion_mask, _ = out
+            marks.pending["gen_tokens"] += int(completion_mask.sum())
+            marks.pending["update_tokens"] += int(prompt_mask.sum() + completion_mask.sum())
+            return out
+
+        def _calculate_rewards_from_functions(self, *a, **kw):
+            t0 = time.perf_counter()
+            out = super()._calculate_rewards_from_functions(*a, **kw)
+            marks.pending["judge_s"] += time.perf_counter() - t0
+            return out
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.end_iteration(pairs=P, prompts=P, step=state.global_step)
+
+    args = OnlineDPOConfig(
+        output_dir=job["work"] + "/trl_out", per_device_train_batch_size=P,
+        max_steps=warm + iters, learning_rate=COMMON["lr"], lr_scheduler_type="constant",
+        optim="adamw_torch", weight_decay=0.0, max_grad_norm=COMMON["max_grad_norm"],
+        beta=COMMON["beta"], loss_type="sigmoid", max_new_tokens=job["max_new_tokens"],
+        max_length=job["max_length"], temperature=COMMON["temperature"], top_p=1.0, top_k=0,
+        gradient_checkpointing=False, bf16=cuda, use_cpu=not cuda, seed=COMMON["seed"],
+        logging_steps=1, report_to=[], save_strategy="no", dataloader_num_workers=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    trainer = TimedOnlineDPO(model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
+                             train_dataset=Dataset.from_list(rows), callbacks=[Clock()])  # fmt: skip
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    res = marks.summary(warm)
+    scores = [h["objective/scores"] for h in trainer.state.log_history
+              if "objective/scores" in h and h.get("step", 0) > warm]  # fmt: skip
+    res["mean_reward"] = statistics.mean(scores)
+    res.update(optimizer_steps=trainer.state.global_step, rss_after_imports_mib=rss_imports,
+               step1_loss=next(h["loss"] for h in trainer.state.log_history if "loss" in h))  # fmt: skip
+    return res
+
+
+def run_unialign(job: dict) -> dict:
+    import torch
+
+    from unialign.lm.online import train_lm_online
+    from unialign.lm.online_config import LMOnlineConfig
+    from unialign.lm.online_judging import FunctionScoreJudge
+
+    cuda = torch.cuda.is_available()
+    warm, iters, P = job["warmup"], job["iterations"], job["prompts_per_iteration"]
+    rss_imports = _rss_mib()
+    K = COMMON["num_samples"]
+    cfg = LMOnlineConfig(
+        model=job["model_dir"], prompts=job["prompts"], method="online_dpo", loss="sigmoid",
+        beta=COMMON["beta"], pairs="best_worst", num_samples=K, prompts_per_iteration=P,
+        max_new_tokens=job["max_new_tokens"], temperature=COMMON["temperature"],
+        generation_batch_size=P * K, micro_batch_size=P, iterations=warm + iters,
+        lr=COMMON["lr"], schedule="constant", max_grad_norm=COMMON["max_grad_norm"],
+        seed=COMMON["seed"], output_dir=job["work"] + "/unialign_out", save_every=0, log_every=1,
+        max_tokens_per_row=job.get("row_tokens"),
+    )  # fmt: skip
+    marks = _Marks()
+    loss1: list[float] = []
+    rewards: list[float] = []
+
+    def on_iteration(rec) -> None:
+        g, m = rec.generations, rec.metrics
+        used = rec.examples.samples()
+        marks.pending.update(
+            gen_s=m["time/generation_s"], judge_s=m["time/judge_s"],
+            gen_tokens=g.completion_tokens,
+            update_tokens=sum(len(g.prompt_ids[i]) + len(g.completion_ids[i]) for i in used),
+        )  # fmt: skip
+        marks.end_iteration(pairs=len(rec.examples), prompts=len(rec.prompts),
+                            step=int(m["lm/optimizer_steps"]))  # fmt: skip
+        if rec.iteration > warm:
+            rewards.append(m["judge/score"])
+        if "loss/total" in m and not loss1:
+            loss1.append(m["loss/total"])
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    summary = train_lm_online(cfg, judge=FunctionScoreJudge(reward_fn, "reward_fn"),
+                              on_iteration=on_iteration)  # fmt: skip
+    res = marks.summary(warm)
+    res["mean_reward"] = statistics.mean(rewards)
+    res.update(optimizer_steps=marks.iters[-1]["step"], rss_after_imports_mib=rss_imports,
+               step1_loss=loss1[0] if loss1 else None, completed=summary["iterations"])  # fmt: skip
+    return res
+
+
+def worker(job: dict) -> dict:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    res = run_trl(job) if job["peer"] == "trl" else run_unialign(job)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        res["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    res["ok"] = True
+    return res
+
+
+def _spawn(job: dict, timeout: int) -> dict:
+    """Run one peer in a fresh process; its last ``RESULT`` line is the JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]),
+           "MKL_NUM_THREADS": str(job["threads"])}  # fmt: skip
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as work:
+        job = {**job, "work": work}
+        cmd = [sys.executable, __file__, "--worker", json.dumps(job)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"timed out after {timeout} s"}
+    lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        return {"ok": False, "error": (p.stderr or p.stdout)[-3000:]}
+    res = json.loads(lines[-1][len("RESULT ") :])
+    res["loadavg_1m_before"], res["loadavg_1m_after"] = load_before[0], os.getloadavg()[0]
+    return res
+
+
+# ------------------------------------------------------------------------------------------
+# the comparison
+# ------------------------------------------------------------------------------------------
+METRICS = ("iterations_per_s", "generated_tokens_per_s", "update_tokens_per_s",
+           "cpu_s_per_iteration", "peak_rss_mib")  # fmt: skip
+
+
+def _stats(values: list[float]) -> dict:
+    med = statistics.median(values)
+    return {"median": med, "min": min(values), "max": max(values),
+            "spread": (max(values) - min(values)) / med if med else None, "n": len(values)}  # fmt: skip
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "unialign"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _machine(cuda: bool) -> dict:
+    import torch
+
+    out = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "cpu": platform.processor() or platform.machine()}  # fmt: skip
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                out["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+    return out
+
+
+PEERS = {
+    "trl": "TRL OnlineDPOTrainer (matched settings, otherwise its defaults)",
+    "unialign": "unialign train lm-online, method online_dpo (matched settings, otherwise its "
+    "defaults: packed log-prob rows of max(1024, longest sequence) tokens)",
+    "unialign_rows": "the same with max_tokens_per_row = the longest possible sequence (longest "
+    "prompt + max_new_tokens): about one sequence per row, as TRL's padded batch",
+}
+
+
+def compare_size(name: str, args, cuda: bool) -> dict:
+    spec = SIZES[name]
+    P, K = spec["prompts_per_iteration"], COMMON["num_samples"]
+    peers = args.peers.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = prepare(Path(tmp), spec, cuda)
+        longest = setup["longest_prompt_tokens"] + spec["max_new_tokens"]
+        base = dict(
+            model_dir=setup["model_dir"], prompts=setup["prompts"], prompts_per_iteration=P,
+            max_new_tokens=spec["max_new_tokens"], warmup=args.warmup,
+            iterations=args.iterations, threads=args.threads,
+            # TRL truncates prompt + completion to max_length from the left: never here
+            max_length=longest + 8,
+        )  # fmt: skip
+        runs = []
+        for r in range(args.repeats):
+            for peer in peers if r % 2 == 0 else peers[::-1]:  # alternate the order
+                job = {**base, "peer": "trl" if peer == "trl" else "unialign",
+                       "row_tokens": longest if peer == "unialign_rows" else None}  # fmt: skip
+                res = _spawn(job, args.timeout)
+                runs.append({"size": name, "repeat": r + 1, "peer": peer, **res})
+                brief = {k: runs[-1].get(k) for k in ("size", "repeat", "peer", "ok",
+                                                      "iterations_per_s", "error")}  # fmt: skip
+                print(json.dumps(brief), flush=True)
+
+    ok = {p: [x for x in runs if x["peer"] == p and x.get("ok")] for p in peers}
+    medians = {p: {m: _stats([x[m] for x in rs]) for m in METRICS} for p, rs in ok.items() if rs}
+    by = {(x["repeat"], x["peer"]): x for x in runs if x.get("ok")}
+    ratios, paired = {}, {}
+    for peer in peers:
+        if peer == "trl" or peer not in medians or "trl" not in medians:
+            continue
+        ratios[peer] = {m: medians[peer][m]["median"] / medians["trl"][m]["median"]
+                        for m in METRICS}  # fmt: skip
+        per_repeat = [by[(r, peer)]["iterations_per_s"] / by[(r, "trl")]["iterations_per_s"]
+                      for r in range(1, args.repeats + 1)
+                      if (r, peer) in by and (r, "trl") in by]  # fmt: skip
+        paired[peer] = {"iterations_per_s_per_repeat": per_repeat, **_stats(per_repeat)}
+    equivalence = {}
+    for peer, rs in ok.items():
+        if rs:
+            equivalence[peer] = {
+                k: statistics.mean(x[k] for x in rs)
+                for k in ("generated_tokens_per_iteration", "update_tokens_per_iteration",
+                          "pairs_per_iteration", "prompts_per_iteration", "mean_reward")
+            }  # fmt: skip
+            equivalence[peer]["optimizer_steps"] = sorted({x["optimizer_steps"] for x in rs})
+    headline = ratios.get("unialign", {}).get("iterations_per_s")
+    return {
+        "model": {**spec["model"], "vocab": setup["vocab"], "params": setup["params"]},
+        "settings": {**COMMON, "prompts_per_iteration": P, "max_new_tokens": spec["max_new_tokens"],
+                     "max_length_trl": base["max_length"], "prompt_words": spec["prompt_words"],
+                     "prompt_pool": spec["pool"], "generation_batch_size": P * K,
+                     "micro_batch_size": P, "unialign_rows_max_tokens_per_row": longest,
+                     "precision": "bf16" if cuda else "fp32"},
+        "peers": {p: PEERS[p] for p in peers},
+        "runs": runs, "medians": medians, "ratios_over_trl": ratios,
+        "paired_ratios_over_trl": paired, "equivalence": equivalence,
+        "target_iterations_ratio": TARGET_RATIO,
+        "target_met": headline is not None and headline >= TARGET_RATIO,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tier", choices=sorted(TIERS), default="cpu")
+    ap.add_argument("--sizes", default=None, help="comma list of sizes (default: the tier's)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per peer, alternating order")
+    ap.add_argument("--iterations", type=int, default=20, help="timed iterations per run")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (>= 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per peer (CPU)")
+    ap.add_argument(
+        "--peers",
+        default="trl,unialign,unialign_rows",
+        help=f"comma list of {', '.join(PEERS)} (trl is the baseline)",
+    )
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    ap.add_argument("--out", default=None, help="output JSON path")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if args.warmup < 1 or args.iterations < 1 or args.repeats < 1:
+        ap.error("--warmup, --iterations and --repeats must be >= 1")
+    if args.tier == "gpu" and not cuda:
+        ap.error("the gpu tier needs CUDA (none here); the CPU tier is --tier cpu")
+    sizes = (args.sizes or ",".join(TIERS[args.tier])).split(",")
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        ap.error(f"unknown sizes {unknown}; valid: {', '.join(SIZES)}")
+    if "trl" not in args.peers.split(",") or set(args.peers.split(",")) - set(PEERS):
+        ap.error(f"--peers: a comma list of {', '.join(PEERS)} that includes trl")
+    out_path = Path(args.out or ROOT / "benchmarks/results/lm_online_throughput.json")
+
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    results = {name: compare_size(name, args, cuda) for name in sizes}
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": _machine(cuda),
+        "load": {"loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+                 "threads_per_peer": args.threads,
+                 "note": "load averages of the whole machine (shared with other jobs); each run "
+                         "also records the 1-minute load before and after it"},
+        "versions": _versions(),
+        "tier": args.tier, "repeats": args.repeats, "iterations": args.iterations,
+        "warmup": args.warmup, "wall_s": time.perf_counter() - t0,
+        "sizes": results,
+    }  # fmt: skip
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out_path}")
+    for name, r in results.items():
+        print(name, json.dumps(r["ratios_over_trl"]), "target met:", r["target_met"])
+    ok = all(x.get("ok") for r in results.values() for x in r["runs"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    raise SystemExit(main())
