@@ -20,18 +20,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
-# The labelling app's browser test drives Debian's chromium (never a browser download). Install
-# it when missing and we are root; otherwise say why, and that test skips with the same reason.
-if ! command -v chromium >/dev/null 2>&1; then
+# The labelling app's browser test drives Debian's chromium (never a browser download), and the
+# app draws MuJoCo segments offscreen with OSMesa (libosmesa6). Install what is missing when we
+# are root; otherwise say why (the browser test then skips with the same reason, and MuJoCo
+# segments are drawn as plots).
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+ldconfig -p 2>/dev/null | grep -q libOSMesa || need+=(libosmesa6)
+if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[bootstrap] installing Debian's chromium for the labelling app's browser test"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    echo "[bootstrap] installing Debian's ${need[*]} for the labelling app"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } \
       >/tmp/unialign-bootstrap-apt.log 2>&1; then
-      echo "[bootstrap] warning: apt-get could not install chromium (log: /tmp/unialign-bootstrap-apt.log)"
+      echo "[bootstrap] warning: apt-get could not install ${need[*]} (log: /tmp/unialign-bootstrap-apt.log)"
     fi
   else
-    echo "[bootstrap] chromium is missing and this is not root: skipping its install; the browser" \
-      "test will be skipped (as root: apt-get install chromium)"
+    echo "[bootstrap] ${need[*]} missing and this is not root: skipping the install; the browser" \
+      "test will be skipped and MuJoCo segments plotted (as root: apt-get install ${need[*]})"
   fi
 fi
 

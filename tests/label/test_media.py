@@ -74,3 +74,46 @@ def test_cache_and_hidden_reward(tmp_path, monkeypatch):
     assert hidden.name == "q1-1-noreward.png" and hidden.read_bytes() != first.read_bytes()
     with pytest.raises(ValueError, match="candidate must be 1 or 2"):
         MediaCache(path).picture(query, 3)
+
+
+MUJOCO_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from unialign.feedback.store import FeedbackStore
+from unialign.feedback.types import SegmentBatch
+from unialign.label.media import MediaCache
+from unialign.label.queries import StoreAccess
+
+path = Path(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+def seg():  # InvertedPendulum-v5: obs = qpos (2) ‖ qvel (2), one action
+    obs = torch.cat([torch.zeros(1, 4, 1), torch.rand(1, 4, 1, generator=g) * 0.4 - 0.2,
+                     torch.zeros(1, 4, 2)], -1)
+    return SegmentBatch(obs, torch.zeros(1, 4, 1), torch.ones(1, 4), torch.zeros(1, dtype=torch.long))
+with FeedbackStore(path) as store:
+    (qid,) = store.add_segment_queries(seg(), seg(), step=0, selection="uniform",
+                                       source={"env": "InvertedPendulum-v5"})
+access = StoreAccess(path)
+print(MediaCache(path).picture(access.segment(access.head(qid)), 1))
+"""
+
+
+def test_mujoco_segments_render_offscreen_with_osmesa(tmp_path):
+    """MuJoCo frames without a display or GPU (OSMesa, installed by the set-up): a fresh process,
+    since the GL backend is chosen when mujoco and OpenGL are first imported."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    if ctypes.util.find_library("OSMesa") is None:
+        pytest.skip("libOSMesa is missing (the set-up installs Debian's libosmesa6 as root)")
+    pytest.importorskip("mujoco")
+    out = subprocess.run(
+        [sys.executable, "-c", MUJOCO_SCRIPT, str(tmp_path / "m.sqlite")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    picture = out.stdout.strip().splitlines()[-1]
+    assert picture.endswith("q1-1.gif"), (picture, out.stderr[-2000:])
+    with Image.open(picture) as im:
+        assert im.format == "GIF" and im.n_frames == 4

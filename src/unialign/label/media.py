@@ -132,6 +132,10 @@ _SETTERS = {"Pendulum-v1": _set_pendulum}
 def _gif(env_id: str, query: SegmentQuery, candidate: int) -> bytes:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame offscreen, no display needed
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    # MuJoCo offscreen without a display or GPU: OSMesa (Debian's libosmesa6, installed by the
+    # set-up); read when mujoco is first imported, so an explicit MUJOCO_GL wins
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     import gymnasium as gym
     from PIL import Image
 
