@@ -247,8 +247,9 @@ class LMOnlineConfig(BaseModel):
     # --- compute -------------------------------------------------------------------------------
     max_tokens_per_row: int | None = Field(
         None,
-        description="packing budget for log-probs (tokens per row); default: max(1024, the "
-        "longest sequence of the micro-batch)",
+        description="packing budget for log-probs (tokens per row); default: the longest "
+        "sequence of the micro-batch with a dense-mask attention kernel (sdpa/eager, the CPU "
+        "default), else max(1024, the longest)",
     )
     chunk_size: int = Field(1024, description="tokens per LM-head chunk when computing log-probs")
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from unialign.lm.generation import Generations, completion_logps
 from unialign.lm.online_methods import ExampleLogps, Examples, OnlineMethod
+from unialign.lm.packing import default_row_budget
 from unialign.lm.refcache import adapter_disabled
 from unialign.losses import LossSpec
 
@@ -63,12 +64,13 @@ def sample_logps(
 ) -> tuple[Tensor, Tensor, int]:
     """``(ℓ [U], n [U], tokens)`` of the samples ``ids`` (in this order) under ``model``, packed
     in one forward (differentiable when grad is on); ``tokens`` counts the prompt and
-    completion tokens processed. The row budget defaults to max(1024, the longest sequence),
-    so a given list of samples is always packed the same way."""
+    completion tokens processed. The row budget defaults to
+    :func:`~unialign.lm.packing.default_row_budget` (the longest sequence with a dense-mask
+    kernel, else max(1024, longest)), so a given list of samples is always packed the same way."""
     prompts = [gens.prompt_ids[i] for i in ids]
     comps = [gens.completion_ids[i] for i in ids]
     lengths = [len(p) + len(c) for p, c in zip(prompts, comps)]
-    budget = max_tokens_per_row or max(1024, max(lengths))
+    budget = max_tokens_per_row or default_row_budget(model, lengths)
     logps, counts = completion_logps(
         model, prompts, comps, chunk_size=chunk_size, max_tokens_per_row=budget, pad_id=pad_id
     )

@@ -504,3 +504,18 @@ def attention_mask_for(model: Any, batch: PackedBatch) -> Any:
             "sliding_attention": document_mask(doc_ids, dtype=dtype, sliding_window=window),
         }
     return full
+
+
+def default_row_budget(model: Any, lengths: Sequence[int]) -> int:
+    """The packing row budget to use when none is configured, for sequences of ``lengths``.
+
+    With a kernel that takes a dense per-document mask (``sdpa``, ``eager``: the CPU default)
+    attention costs the whole row's length squared whatever the mask says, so packing many short
+    sequences into one long row multiplies the work (measured on CPU: 113 ms against 29 ms for
+    one online-DPO iteration's forward + backward, ``docs/benchmarks.md``): rows as long as the
+    longest sequence. Block-sparse (flex) and varlen (flash) kernels skip the masked blocks, so
+    long rows only save padding: at least 1024 tokens.
+    """
+    longest = max(lengths)
+    impl = getattr(unwrap_model(model).config, "_attn_implementation", None)
+    return longest if impl in MASKED_IMPLEMENTATIONS else max(1024, longest)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from unialign.lm.generation import Generations
 from unialign.lm.logps import decoder_and_head, token_logps
-from unialign.lm.packing import pack_sequences, unwrap_model, varlen_inputs
+from unialign.lm.packing import default_row_budget, pack_sequences, unwrap_model, varlen_inputs
 
 __all__ = [
     "ATTRIBUTE",
@@ -133,7 +133,7 @@ def token_outputs(
     """Per-token log-probs (and values) of the samples ``ids`` under ``model``, one forward.
 
     The samples are packed exactly as :func:`~unialign.lm.online_update.sample_logps` packs
-    them (row budget max(1024, longest) unless given), and the tokens are scored by
+    them (row budget :func:`~unialign.lm.packing.default_row_budget` unless given), and the tokens are scored by
     :func:`~unialign.lm.logps.token_logps`, the one place that scores tokens. With a value head,
     a forward hook on the decoder keeps its last hidden states; the head reads them at the
     same scored positions (the state s_t before token y_t).
@@ -141,7 +141,7 @@ def token_outputs(
     prompts = [gens.prompt_ids[i] for i in ids]
     comps = [gens.completion_ids[i] for i in ids]
     lengths = [len(p) + len(c) for p, c in zip(prompts, comps)]
-    budget = max_tokens_per_row or max(1024, max(lengths))
+    budget = max_tokens_per_row or default_row_budget(model, lengths)
     batch = pack_sequences(list(zip(prompts, comps)), max_tokens_per_row=budget, pad_id=pad_id)
     captured: list[Tensor] = []
     handle = None
