@@ -100,8 +100,11 @@ print(MediaCache(path).picture(access.segment(access.head(qid)), 1))
 
 def test_mujoco_segments_render_offscreen_with_osmesa(tmp_path):
     """MuJoCo frames without a display or GPU (OSMesa, installed by the set-up): a fresh process,
-    since the GL backend is chosen when mujoco and OpenGL are first imported."""
+    since the GL backend is chosen when mujoco and OpenGL are first imported — and without the
+    GL settings earlier tests of this process may have left (a dm_control env sets
+    ``MUJOCO_GL=disable``), as the labelling app's own process has none."""
     import ctypes.util
+    import os
     import subprocess
     import sys
 
@@ -111,6 +114,7 @@ def test_mujoco_segments_render_offscreen_with_osmesa(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", MUJOCO_SCRIPT, str(tmp_path / "m.sqlite")],
         capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     picture = out.stdout.strip().splitlines()[-1]
