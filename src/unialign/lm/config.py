@@ -32,7 +32,7 @@ def lm_loss_names() -> list[str]:
     return sorted(n for n, s in REGISTRY.items() if s.kind in LM_LOSS_KINDS)
 
 
-def _must_exist_locally(ref: str) -> bool:
+def must_exist_locally(ref: str) -> bool:
     """False only for what can be a hub id (``org/name``) while the hub is not switched off."""
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     return offline or ref.startswith(("/", ".", "~")) or ref.count("/") != 1
@@ -169,7 +169,7 @@ class LMTrainConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _model_exists(cls, v: str) -> str:
-        if not Path(v).expanduser().is_dir() and _must_exist_locally(v):
+        if not Path(v).expanduser().is_dir() and must_exist_locally(v):
             raise ValueError(f"model directory {v!r} does not exist")
         return v
 

@@ -73,7 +73,7 @@ from unialign.lm.online_mixture import sample_mixture
 from unialign.lm.online_rewards import CombinedScoreJudge, greedy_completions, resolve_judges
 from unialign.lm.online_update import frozen_logps, plan_steps, update_policy
 from unialign.lm.packing import unwrap_model
-from unialign.lm.train import _positions
+from unialign.lm.train import stream_positions
 from unialign.runlog import MetricsLog, atomic_file, progress_bar
 
 __all__ = ["train_lm_online", "IterationRecord", "TIMING_KEYS"]
@@ -243,7 +243,7 @@ def train_lm_online(
             while state.step < cfg.iterations:
                 it = state.step + 1
                 # 1. prompts
-                idx = _positions(len(prompts), cfg.seed, state.examples_seen,
+                idx = stream_positions(len(prompts), cfg.seed, state.examples_seen,
                                  cfg.prompts_per_iteration)  # fmt: skip
                 batch_prompts = [prompts[i] for i in idx]
                 # 2. sample

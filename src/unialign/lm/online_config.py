@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unialign.feedback.judges import parse_judge_config
-from unialign.lm.config import _must_exist_locally
+from unialign.lm.config import must_exist_locally
 from unialign.lm.online_methods import METHODS, OnlineMethod, dummy_batch
 from unialign.lm.online_rewards import SCORE_KINDS
 from unialign.losses import REGISTRY, LossSpec
@@ -265,7 +265,7 @@ class LMOnlineConfig(BaseModel):
     @field_validator("model", "tokenizer")
     @classmethod
     def _dir_exists(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().is_dir() and _must_exist_locally(v):
+        if v is not None and not Path(v).expanduser().is_dir() and must_exist_locally(v):
             raise ValueError(f"directory {v!r} does not exist")
         return v
 

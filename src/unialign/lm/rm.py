@@ -75,7 +75,7 @@ from unialign.lm.rm_model import (
     load_reward_model,
     pad_batch,
 )
-from unialign.lm.train import _optimizer, _positions
+from unialign.lm.train import build_optimizer, stream_positions
 from unialign.losses import LossOutput
 from unialign.losses.reward import bradley_terry, general_preference
 from unialign.runlog import MetricsLog, atomic_file, progress_bar
@@ -352,7 +352,7 @@ def train_rm(
 
     # 3. optimizer, schedule, resume -----------------------------------------------------
     trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg.optimizer, trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule),
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps,
@@ -398,7 +398,7 @@ def train_rm(
     with StopOnSignal() as stop, progress:
         while state.step < total_steps:
             t0 = time.perf_counter()
-            idx = _positions(len(train), cfg.seed, state.examples_seen, per_step)
+            idx = stream_positions(len(train), cfg.seed, state.examples_seen, per_step)
             mine = idx[acc.process_index * bs * accum : (acc.process_index + 1) * bs * accum]
             per_example: dict[str, list[Tensor]] = {}
             tokens = 0

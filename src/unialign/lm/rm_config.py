@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from unialign.lm.config import _must_exist_locally
+from unialign.lm.config import must_exist_locally
 
 __all__ = ["RMTrainConfig"]
 
@@ -160,7 +160,7 @@ class RMTrainConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _model_exists(cls, v: str) -> str:
-        if not Path(v).expanduser().is_dir() and _must_exist_locally(v):
+        if not Path(v).expanduser().is_dir() and must_exist_locally(v):
             raise ValueError(f"model directory {v!r} does not exist")
         return v
 

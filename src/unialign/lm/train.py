@@ -134,7 +134,9 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def _positions(n: int, seed: int, start: int, count: int) -> list[int]:
+def stream_positions(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Example indices at stream positions ``start … start+count−1`` (epoch after epoch of the
+    seeded per-epoch order): what a step consumes, from its position alone (exact resume)."""
     out, cache = [], {}
     for pos in range(start, start + count):
         epoch = pos // n
@@ -273,7 +275,7 @@ def evaluate(scorer, examples: Examples, reference, spec, params, *, batch_size,
     return {k: v / len(examples) for k, v in sums.items()}
 
 
-def _optimizer(name: str, params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """``adamw``: torch AdamW (decoupled weight decay); ``sgd``: plain SGD (no momentum; weight
     decay as an L2 term), whose update is linear in the gradient (invariance tests use it:
     Adam's near-sign update turns float rounding where |g| ≈ ε into whole updates)."""
@@ -346,7 +348,7 @@ def train_lm(
 
     # 4. optimizer, schedule, resume -----------------------------------------------------
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg.optimizer, trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule),
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps,
@@ -382,7 +384,7 @@ def train_lm(
     with StopOnSignal() as stop, progress:
         while state.step < total_steps:
             t0 = time.perf_counter()
-            idx = _positions(len(train), cfg.seed, state.examples_seen, per_step)
+            idx = stream_positions(len(train), cfg.seed, state.examples_seen, per_step)
             mine = idx[acc.process_index * bs * accum : (acc.process_index + 1) * bs * accum]
             per_example: dict[str, list[torch.Tensor]] = {}
             tokens = 0
