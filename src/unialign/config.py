@@ -133,3 +133,13 @@ def load_config(
 def dump_config(cfg: BaseModel, path: str | Path) -> None:
     """Write the resolved configuration next to a run's outputs (YAML)."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def changed_fields(cfg: BaseModel, names: typing.Iterable[str]) -> list[str]:
+    """The fields among ``names`` whose value differs from their default.
+
+    Cross-field rules ("LoRA fields need finetune: lora") must ask this, not whether a field
+    was *given*: the ``config.yaml`` a run writes lists every field, and ``--resume`` reads it.
+    """
+    fields = type(cfg).model_fields
+    return [n for n in names if getattr(cfg, n) != fields[n].get_default(call_default_factory=True)]

@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import load_file
 
 from unialign.cli import main
-from unialign.config import ConfigError, load_config
+from unialign.config import ConfigError, dump_config, load_config
 from unialign.feedback.judges import (
     JudgeConfigError,
     PairJudge,
@@ -432,3 +432,12 @@ def test_cli_trains_and_reports_config_errors(kw, tmp_path, capsys):
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     assert main(["train", "rm", "--config", str(cfg), "--head", "gpm", "--gpm-dim", "3"]) == 2
     assert "gpm_dim" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [{}, {"head": "gpm"}, {"finetune": "lora", "ensemble_size": 2}])
+def test_a_written_config_validates_again(kw, tmp_path, extra):
+    """config.yaml lists every field at its value: `--resume` reads it back, so the cross-field
+    rules must judge fields by their value, not by whether they were written."""
+    cfg = _cfg(kw, tmp_path / "o", **extra)
+    dump_config(cfg, tmp_path / "written.yaml")
+    assert load_config(RMTrainConfig, tmp_path / "written.yaml") == cfg

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from unialign.config import changed_fields
 from unialign.losses import REGISTRY, LossSpec, PairedLogps, UnpairedLogps
 
 __all__ = ["LMTrainConfig", "LM_LOSS_KINDS", "lm_loss_names"]
@@ -24,12 +25,19 @@ __all__ = ["LMTrainConfig", "LM_LOSS_KINDS", "lm_loss_names"]
 #: Objective kinds the offline LM loop can feed (paired with/without reference, unpaired).
 LM_LOSS_KINDS = ("paired", "paired_ref_free", "unpaired")
 
-_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora_on_save")
+#: Fields that only mean something with ``finetune: lora`` (every LM config has them).
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora_on_save")
 
 
 def lm_loss_names() -> list[str]:
     """Registry names of the objectives this loop can train with."""
     return sorted(n for n, s in REGISTRY.items() if s.kind in LM_LOSS_KINDS)
+
+
+def check_lora_fields(cfg: BaseModel) -> None:
+    """LoRA fields changed from their defaults need ``finetune: lora`` (any LM config)."""
+    if cfg.finetune != "lora" and (given := changed_fields(cfg, LORA_FIELDS)):
+        raise ValueError(f"{', '.join(given)}: LoRA fields need finetune: lora")
 
 
 def must_exist_locally(ref: str) -> bool:
@@ -216,17 +224,7 @@ class LMTrainConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_field(self) -> LMTrainConfig:
         spec = REGISTRY[self.loss]
-        if self.finetune != "lora":
-            # fields set to something other than their default (a written config.yaml lists
-            # every field, so "was it given" cannot tell; "does it change anything" can)
-            fields = type(self).model_fields
-            given = [
-                f
-                for f in _LORA_FIELDS
-                if getattr(self, f) != fields[f].get_default(call_default_factory=True)
-            ]
-            if given:
-                raise ValueError(f"{', '.join(given)}: LoRA fields need finetune: lora")
+        check_lora_fields(self)
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError("lora_dropout must lie in [0, 1)")
         if not 0.0 <= self.eval_fraction < 1.0:

@@ -15,8 +15,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from unialign.config import changed_fields
 from unialign.feedback.judges import parse_judge_config
-from unialign.lm.config import must_exist_locally
+from unialign.lm.config import check_lora_fields, must_exist_locally
 from unialign.lm.online_methods import METHODS, OnlineMethod, dummy_batch
 from unialign.lm.online_rewards import SCORE_KINDS
 from unialign.losses import REGISTRY, LossSpec
@@ -29,7 +30,6 @@ ONLINE_DPO_KINDS = ("paired", "paired_ref_free")
 #: Judges of the task suite (``task`` must be set).
 TASK_JUDGES = ("task:preference", "task:gold")
 
-_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora_on_save")
 #: The policy-gradient methods and the fields only PPO takes.
 _ROLLOUT_METHODS = ("reinforce", "rloo", "grpo", "ppo")
 _PPO_FIELDS = ("gamma", "lam", "value_coef", "value_clip", "value_lr", "whiten_advantages")
@@ -330,7 +330,7 @@ class LMOnlineConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_field(self) -> LMOnlineConfig:
         # "given" = differs from its default: the config.yaml a run writes lists every field
-        set_ = {n for n in self.model_fields_set if _not_default(self, n)}
+        set_ = set(changed_fields(self, self.model_fields_set))
         if self.model is None and self.task is None:
             raise ValueError("model: required (or set task to train the task's reference)")
         if self.prompts is None and self.task is None:
@@ -338,8 +338,7 @@ class LMOnlineConfig(BaseModel):
         if self.task is None and (given := [f for f in ("task_size", "task_cache_dir")
                                             if f in set_]):  # fmt: skip
             raise ValueError(f"{', '.join(given)}: need task")
-        if self.finetune != "lora" and (given := [f for f in _LORA_FIELDS if f in set_]):
-            raise ValueError(f"{', '.join(given)}: LoRA fields need finetune: lora")
+        check_lora_fields(self)
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError("lora_dropout must lie in [0, 1)")
         method = self.online_method
@@ -415,7 +414,7 @@ class LMOnlineConfig(BaseModel):
         """``judges``: score judges only, not with ``judge``; the combination fields need it."""
         if not self.judges:
             for name in ("reward_combination", "reward_weights"):
-                if _not_default(self, name):
+                if changed_fields(self, [name]):
                     raise ValueError(f"{name}: needs judges (several score judges)")
             return
         if self.judge is not None:
@@ -529,12 +528,6 @@ class LMOnlineConfig(BaseModel):
         if self.attn_implementation == "auto":
             return "flex_attention" if cuda else "sdpa"
         return self.attn_implementation
-
-
-def _not_default(cfg: BaseModel, name: str) -> bool:
-    info = type(cfg).model_fields[name]
-    default = info.default_factory() if info.default_factory is not None else info.default
-    return getattr(cfg, name) != default
 
 
 def _check_params(spec: LossSpec, params: dict[str, Any], method: OnlineMethod) -> None:

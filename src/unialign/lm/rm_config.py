@@ -15,11 +15,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from unialign.lm.config import must_exist_locally
+from unialign.config import changed_fields
+from unialign.lm.config import check_lora_fields, must_exist_locally
 
 __all__ = ["RMTrainConfig"]
 
-_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora_on_save")
 _GPM_FIELDS = ("gpm_dim", "gpm_tau", "gpm_normalize")
 _ENSEMBLE_FIELDS = ("ensemble_kind", "bootstrap")
 
@@ -214,9 +214,9 @@ class RMTrainConfig(BaseModel):
     # --- cross-field checks --------------------------------------------------------------------
     @model_validator(mode="after")
     def _cross_field(self) -> RMTrainConfig:
-        given = self.model_fields_set
-        if self.finetune != "lora" and (bad := [f for f in _LORA_FIELDS if f in given]):
-            raise ValueError(f"{', '.join(bad)}: LoRA fields need finetune: lora")
+        # changed from the default, not "given": the config.yaml a run writes lists every field
+        given = set(changed_fields(self, type(self).model_fields))
+        check_lora_fields(self)
         if self.head != "gpm" and (bad := [f for f in _GPM_FIELDS if f in given]):
             raise ValueError(f"{', '.join(bad)}: GPM fields need head: gpm")
         if self.head == "gpm" and "centering" in given:
