@@ -51,177 +51,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parents[1]
-TARGET_RATIO = 1.5
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _lm_bench, run as a script
+from _lm_bench import (  # noqa: E402
+    MODELS,
+    ROOT,
+    TARGET_RATIO,
+    TIERS,
+    Marks,
+    finish_worker,
+    interleave,
+    prepare,
+    report_header,
+    reward_fn,
+    rss_mib,
+    spawn,
+    summarize,
+    sync,
+)
 
 # Shared training settings (both peers)
 COMMON = dict(num_samples=2, lr=1e-6, beta=0.1, temperature=1.0, max_grad_norm=1.0, seed=0)
 
+# The models and prompt pools of _lm_bench.MODELS with this benchmark's batch and lengths
 SIZES = {
-    # CPU tier: the tiny Qwen2 of docs/lm-online.md's speed table, and a 4-layer one where the
-    # matrix work weighs more than the per-token Python overhead
-    "tiny": dict(
-        model=dict(arch="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, vocab=512, tie=False),
-        prompt_words=(5, 20), prompts_per_iteration=8, max_new_tokens=32, pool=64,
-    ),
-    "small": dict(
-        model=dict(arch="qwen2", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                   num_attention_heads=4, num_key_value_heads=2, vocab=2048, tie=False),
-        prompt_words=(10, 40), prompts_per_iteration=8, max_new_tokens=64, pool=64,
-    ),
-    # GPU tier (CUDA only): SmolLM2-135M's architecture and the anchors' 0.39 B Qwen2
-    "smollm2_135m": dict(
-        model=dict(arch="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                   num_attention_heads=9, num_key_value_heads=3, vocab=49152, tie=True),
-        prompt_words=(30, 150), prompts_per_iteration=16, max_new_tokens=256, pool=256,
-    ),
-    "qwen2_0.39b": dict(
-        model=dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                   num_attention_heads=14, num_key_value_heads=2, vocab=32000, tie=True),
-        prompt_words=(30, 150), prompts_per_iteration=16, max_new_tokens=256, pool=256,
-    ),
-}  # fmt: skip
-TIERS = {"cpu": ["tiny", "small"], "gpu": ["smollm2_135m", "qwen2_0.39b"]}
-
-
-# ------------------------------------------------------------------------------------------
-# the judge: one Python reward function for both peers
-# ------------------------------------------------------------------------------------------
-def reward_fn(prompts, completions, **kwargs) -> list[float]:
-    """Share of vowels among the completion's letters plus a small length term (a cheap,
-    deterministic stand-in for a reward model). TRL calls it with keywords and extra
-    arguments, unialign's ``FunctionScoreJudge`` with ``(prompts, completions)``."""
-    out = []
-    for c in completions:
-        text = c if isinstance(c, str) else c[-1]["content"]
-        letters = [ch for ch in text if ch.isalpha()]
-        vowels = sum(ch in "aeiou" for ch in letters)
-        out.append(vowels / max(len(letters), 1) + 1e-3 * len(text))
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# setup: tokenizer, model, prompts
-# ------------------------------------------------------------------------------------------
-def _words(rng: random.Random, n: int) -> list[str]:
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    return ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(n)]
-
-
-def prepare(work: Path, spec: dict, cuda: bool) -> dict:
-    """Tokenizer + random model saved to ``work/model``, prompts to ``work/prompts.jsonl``."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        AutoModelForCausalLM,
-        LlamaConfig,
-        PreTrainedTokenizerFast,
-        Qwen2Config,
-    )
-
-    rng = random.Random(0)
-    m = spec["model"]
-    big = m["vocab"] > 4096
-    # enough distinct pseudo-words for the BPE to reach the target vocabulary
-    words = _words(rng, max(2000, 2 * m["vocab"]) if big else 2000)
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(n))
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        (text(200) for _ in range(max(3000, m["vocab"] // 5) if big else 300)),
-        trainers.BpeTrainer(vocab_size=m["vocab"], special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )  # fmt: skip
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")  # fmt: skip
-    config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[m["arch"]]
-    cfg = config_cls(
-        vocab_size=len(fast), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
-        num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
-        num_key_value_heads=m["num_key_value_heads"], max_position_embeddings=8192,
-        bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=m["tie"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if cuda else torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(work / "model")
-    fast.save_pretrained(work / "model")
-    prompts = [text(rng.randint(*spec["prompt_words"])) for _ in range(spec["pool"])]
-    (work / "prompts.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
-    longest = max(len(fast(p)["input_ids"]) for p in prompts)
-    return {"model_dir": str(work / "model"), "prompts": str(work / "prompts.jsonl"),
-            "params": n_params, "vocab": len(fast), "longest_prompt_tokens": longest}  # fmt: skip
+    "tiny": {**MODELS["tiny"], "prompts_per_iteration": 8, "max_new_tokens": 32},
+    "small": {**MODELS["small"], "prompts_per_iteration": 8, "max_new_tokens": 64},
+    "smollm2_135m": {**MODELS["smollm2_135m"], "prompts_per_iteration": 16, "max_new_tokens": 256},
+    "qwen2_0.39b": {**MODELS["qwen2_0.39b"], "prompts_per_iteration": 16, "max_new_tokens": 256},
+}
 
 
 # ------------------------------------------------------------------------------------------
 # one peer (runs in a worker process)
 # ------------------------------------------------------------------------------------------
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-class _Marks:
-    """Per-iteration stamps: wall and CPU time at the end of each iteration, and what it did."""
-
-    def __init__(self) -> None:
-        self.iters: list[dict] = []
-        self.pending: dict = {"gen_s": 0.0, "judge_s": 0.0, "gen_tokens": 0, "update_tokens": 0}
-
-    def end_iteration(self, **extra) -> None:
-        _sync()
-        self.iters.append({**self.pending, **extra, "t": time.perf_counter(),
-                           "cpu": time.process_time()})  # fmt: skip
-        self.pending = {"gen_s": 0.0, "judge_s": 0.0, "gen_tokens": 0, "update_tokens": 0}
-
-    def summary(self, warm: int) -> dict:
-        """Totals over the iterations after the warm-up (stamp ``warm - 1`` is the start)."""
-        start, timed = self.iters[warm - 1], self.iters[warm:]
-        n = len(timed)
-        wall = timed[-1]["t"] - start["t"]
-        gen_s = sum(x["gen_s"] for x in timed)
-        judge_s = sum(x["judge_s"] for x in timed)
-        gen_tok = sum(x["gen_tokens"] for x in timed)
-        upd_tok = sum(x["update_tokens"] for x in timed)
-        return {
-            "iterations": n, "wall_s": wall, "iterations_per_s": n / wall,
-            "generated_tokens_per_s": gen_tok / gen_s,
-            "update_tokens_per_s": upd_tok / (wall - gen_s - judge_s),
-            "cpu_s_per_iteration": (timed[-1]["cpu"] - start["cpu"]) / n,
-            "share_generation": gen_s / wall, "share_judge": judge_s / wall,
-            "share_update": (wall - gen_s - judge_s) / wall,
-            "generated_tokens_per_iteration": gen_tok / n,
-            "update_tokens_per_iteration": upd_tok / n,
-            "pairs_per_iteration": sum(x["pairs"] for x in timed) / n,
-            "prompts_per_iteration": sum(x["prompts"] for x in timed) / n,
-        }  # fmt: skip
-
-
 def run_trl(job: dict) -> dict:
     import torch
     from datasets import Dataset
@@ -230,7 +98,7 @@ def run_trl(job: dict) -> dict:
 
     cuda = torch.cuda.is_available()
     warm, iters, P = job["warmup"], job["iterations"], job["prompts_per_iteration"]
-    rss_imports = _rss_mib()
+    rss_imports = rss_mib()
     tok = AutoTokenizer.from_pretrained(job["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(
         job["model_dir"],
@@ -238,16 +106,16 @@ def run_trl(job: dict) -> dict:
         attn_implementation="sdpa",
     )
     rows = [json.loads(x) for x in Path(job["prompts"]).read_text().splitlines()]
-    marks = _Marks()
+    marks = Marks()
 
     class TimedOnlineDPO(OnlineDPOTrainer):
         """TRL's trainer unchanged, with its generation and reward calls timed and counted."""
 
         def _generate(self, model, prompts, images=None):
-            _sync()
+            sync()
             t0 = time.perf_counter()
             out = super()._generate(model, prompts, images)
-            _sync()
+            sync()
             marks.pending["gen_s"] += time.perf_counter() - t0
             _, prompt_mask, _, completion_mask, _ = out
             marks.pending["gen_tokens"] += int(completion_mask.sum())
@@ -297,7 +165,7 @@ def run_unialign(job: dict) -> dict:
 
     cuda = torch.cuda.is_available()
     warm, iters, P = job["warmup"], job["iterations"], job["prompts_per_iteration"]
-    rss_imports = _rss_mib()
+    rss_imports = rss_mib()
     K = COMMON["num_samples"]
     cfg = LMOnlineConfig(
         model=job["model_dir"], prompts=job["prompts"], method="online_dpo", loss="sigmoid",
@@ -308,7 +176,7 @@ def run_unialign(job: dict) -> dict:
         seed=COMMON["seed"], output_dir=job["work"] + "/unialign_out", save_every=0, log_every=1,
         max_tokens_per_row=job.get("row_tokens"),
     )  # fmt: skip
-    marks = _Marks()
+    marks = Marks()
     loss1: list[float] = []
     rewards: list[float] = []
 
@@ -339,38 +207,11 @@ def run_unialign(job: dict) -> dict:
 
 
 def worker(job: dict) -> dict:
-    import resource
-
     import torch
 
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
-    res = run_trl(job) if job["peer"] == "trl" else run_unialign(job)
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if torch.cuda.is_available():
-        res["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    res["ok"] = True
-    return res
-
-
-def _spawn(job: dict, timeout: int) -> dict:
-    """Run one peer in a fresh process; its last ``RESULT`` line is the JSON result."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]),
-           "MKL_NUM_THREADS": str(job["threads"])}  # fmt: skip
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as work:
-        job = {**job, "work": work}
-        cmd = [sys.executable, __file__, "--worker", json.dumps(job)]
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"timed out after {timeout} s"}
-    lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-    if p.returncode != 0 or not lines:
-        return {"ok": False, "error": (p.stderr or p.stdout)[-3000:]}
-    res = json.loads(lines[-1][len("RESULT ") :])
-    res["loadavg_1m_before"], res["loadavg_1m_after"] = load_before[0], os.getloadavg()[0]
-    return res
+    return finish_worker(run_trl(job) if job["peer"] == "trl" else run_unialign(job))
 
 
 # ------------------------------------------------------------------------------------------
@@ -378,40 +219,8 @@ def _spawn(job: dict, timeout: int) -> dict:
 # ------------------------------------------------------------------------------------------
 METRICS = ("iterations_per_s", "generated_tokens_per_s", "update_tokens_per_s",
            "cpu_s_per_iteration", "peak_rss_mib")  # fmt: skip
-
-
-def _stats(values: list[float]) -> dict:
-    med = statistics.median(values)
-    return {"median": med, "min": min(values), "max": max(values),
-            "spread": (max(values) - min(values)) / med if med else None, "n": len(values)}  # fmt: skip
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "unialign"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _machine(cuda: bool) -> dict:
-    import torch
-
-    out = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-           "cpu": platform.processor() or platform.machine()}  # fmt: skip
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                out["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out["device"] = torch.cuda.get_device_name() if cuda else "cpu"
-    return out
+EQUIVALENCE = ("generated_tokens_per_iteration", "update_tokens_per_iteration",
+               "pairs_per_iteration", "prompts_per_iteration", "mean_reward")  # fmt: skip
 
 
 PEERS = {
@@ -437,39 +246,16 @@ def compare_size(name: str, args, cuda: bool) -> dict:
             # TRL truncates prompt + completion to max_length from the left: never here
             max_length=longest + 8,
         )  # fmt: skip
-        runs = []
-        for r in range(args.repeats):
-            for peer in peers if r % 2 == 0 else peers[::-1]:  # alternate the order
-                job = {**base, "peer": "trl" if peer == "trl" else "unialign",
-                       "row_tokens": longest if peer == "unialign_rows" else None}  # fmt: skip
-                res = _spawn(job, args.timeout)
-                runs.append({"size": name, "repeat": r + 1, "peer": peer, **res})
-                brief = {k: runs[-1].get(k) for k in ("size", "repeat", "peer", "ok",
-                                                      "iterations_per_s", "error")}  # fmt: skip
-                print(json.dumps(brief), flush=True)
 
-    ok = {p: [x for x in runs if x["peer"] == p and x.get("ok")] for p in peers}
-    medians = {p: {m: _stats([x[m] for x in rs]) for m in METRICS} for p, rs in ok.items() if rs}
-    by = {(x["repeat"], x["peer"]): x for x in runs if x.get("ok")}
-    ratios, paired = {}, {}
-    for peer in peers:
-        if peer == "trl" or peer not in medians or "trl" not in medians:
-            continue
-        ratios[peer] = {m: medians[peer][m]["median"] / medians["trl"][m]["median"]
-                        for m in METRICS}  # fmt: skip
-        per_repeat = [by[(r, peer)]["iterations_per_s"] / by[(r, "trl")]["iterations_per_s"]
-                      for r in range(1, args.repeats + 1)
-                      if (r, peer) in by and (r, "trl") in by]  # fmt: skip
-        paired[peer] = {"iterations_per_s_per_repeat": per_repeat, **_stats(per_repeat)}
-    equivalence = {}
-    for peer, rs in ok.items():
-        if rs:
-            equivalence[peer] = {
-                k: statistics.mean(x[k] for x in rs)
-                for k in ("generated_tokens_per_iteration", "update_tokens_per_iteration",
-                          "pairs_per_iteration", "prompts_per_iteration", "mean_reward")
-            }  # fmt: skip
-            equivalence[peer]["optimizer_steps"] = sorted({x["optimizer_steps"] for x in rs})
+        def run(peer: str) -> dict:
+            job = {**base, "peer": "trl" if peer == "trl" else "unialign",
+                   "row_tokens": longest if peer == "unialign_rows" else None}  # fmt: skip
+            return spawn(__file__, job, args.timeout)
+
+        runs = interleave(peers, args.repeats, run, {"size": name})
+
+    summary = summarize(runs, peers, args.repeats, METRICS, EQUIVALENCE)
+    ratios = summary["ratios_over_trl"]
     headline = ratios.get("unialign", {}).get("iterations_per_s")
     return {
         "model": {**spec["model"], "vocab": setup["vocab"], "params": setup["params"]},
@@ -479,9 +265,7 @@ def compare_size(name: str, args, cuda: bool) -> dict:
                      "micro_batch_size": P, "unialign_rows_max_tokens_per_row": longest,
                      "precision": "bf16" if cuda else "fp32"},
         "peers": {p: PEERS[p] for p in peers},
-        "runs": runs, "medians": medians, "ratios_over_trl": ratios,
-        "paired_ratios_over_trl": paired, "equivalence": equivalence,
-        "target_iterations_ratio": TARGET_RATIO,
+        "runs": runs, **summary, "target_iterations_ratio": TARGET_RATIO,
         "target_met": headline is not None and headline >= TARGET_RATIO,
     }  # fmt: skip
 
@@ -526,14 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = {name: compare_size(name, args, cuda) for name in sizes}
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(cuda),
-        "load": {"loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-                 "threads_per_peer": args.threads,
-                 "note": "load averages of the whole machine (shared with other jobs); each run "
-                         "also records the 1-minute load before and after it"},
-        "versions": _versions(),
+        **report_header(cuda, load_start, args.threads),
         "tier": args.tier, "repeats": args.repeats, "iterations": args.iterations,
         "warmup": args.warmup, "wall_s": time.perf_counter() - t0,
         "sizes": results,
