@@ -15,6 +15,8 @@ Commands:
     unialign feedback export STORE OUT   labelled completion comparisons → preference JSONL
     unialign label RUN_DIR_OR_STORE      the labelling web app (docs/labelling.md); also
                                          `label add-annotator STORE NAME` for a login token
+    unialign sweep CONFIG                a grid of runs (methods × tasks × seeds) on Ray,
+                                         resumable, with a table of 95 % intervals (docs/sweep.md)
 
 Configs are typed (pydantic) and validated here, before anything heavy is built; every
 field of a config is also a ``--flag`` that overrides the file.
@@ -144,6 +146,19 @@ def _cmd_feedback_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from unialign.sweep import load_sweep_config, run_sweep
+
+    cfg = load_sweep_config(args.config)
+    outcome = run_sweep(
+        cfg, address=args.address, num_cpus=args.num_cpus, serial=args.serial,
+        report_only=args.report_only,
+    )  # fmt: skip
+    if outcome.interrupted:
+        return 130
+    return 1 if outcome.failed else 0
+
+
 def _overrides(args: argparse.Namespace, model) -> dict:
     return {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
 
@@ -205,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     from unialign.label.cli import add_label_parser
 
     add_label_parser(sub)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of experiments (methods × tasks × seeds) on Ray and tabulate them",
+        description="Run the unfinished cells of a sweep config as Ray tasks (a local instance, "
+        "or a cluster with --address), then write table.json, table.md and curve PNGs under "
+        "its `out`. Finished cells are skipped on rerun. Exit status 1 when a cell failed "
+        "(its traceback is in out/cells/<id>/error.txt). See docs/sweep.md.",
+    )
+    p.add_argument("config", metavar="CONFIG", help="sweep YAML (docs/sweep.md)")
+    p.add_argument(
+        "--address", help="a running Ray cluster, e.g. HOST:6379 (overrides ray.address)"
+    )
+    p.add_argument(
+        "--num-cpus", type=int, help="CPUs of the local Ray instance (overrides ray.num_cpus)"
+    )
+    p.add_argument(
+        "--serial", action="store_true", help="run cells one by one in this process (debugging)"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing; report the finished cells"
+    )
+    p.set_defaults(func=_cmd_sweep)
 
     train = sub.add_parser("train", help="train from a configuration file")
     tsub = train.add_subparsers(dest="paradigm", metavar="PARADIGM", required=True)
