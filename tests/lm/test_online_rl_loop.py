@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from unialign.config import ConfigError
 from unialign.feedback.store import FeedbackStore
+from unialign.lm import online_rl
 from unialign.lm.generation import SamplingParams, generate
 from unialign.lm.model import load_policy, load_tokenizer
 from unialign.lm.online import TIMING_KEYS, train_lm_online
@@ -221,6 +222,37 @@ def test_gradient_accumulation_is_exact(tiny, method):
         got.append((res.metrics["loss/total"], res.grad_norm))
     assert got[0][0] == pytest.approx(got[1][0], rel=1e-5, abs=1e-7)
     assert got[0][1] == pytest.approx(got[1][1], rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_deferred_old_logps_equal_the_frozen_pass(tiny, method, monkeypatch):
+    """One optimizer step per rollout, no KL penalty, no value head, no dropout: the rollout
+    skips the ℓ_old pass and the update's first forward (at the same weights) supplies it.
+    Against the same rollout with the frozen pass forced: the summed ℓ_old per sample, the
+    mean loss, the gradient norm, the ``rl/*`` metrics and the updated weights agree to float32
+    rounding (rel 1e-5: the two forwards differ only in grad mode, so at most in the kernels'
+    summation order), and GRPO's ratio is exactly 1 (exp(ℓ − ℓ.detach()) = exp(0))."""
+    got = []
+    for forced in (False, True):
+        if forced:
+            monkeypatch.setattr(online_rl, "defers_old_logps", lambda *a: False)
+        params = {"kl_coef": 0.0} if method == "grpo" else None
+        policy, gens, ex, plan, st, opt, sched, ro, kw = rollout_case(tiny, method, params=params,
+                                                                      micro=4)  # fmt: skip
+        assert ro.deferred is not forced
+        res = update_rollout(policy, opt, sched, gens, ex, plan, ro, st, max_grad_norm=1e9, **kw)
+        assert not ro.deferred and torch.isfinite(ro.previous).all()
+        got.append(
+            (ro.previous, res, torch.cat([p.detach().flatten() for p in policy.parameters()]))
+        )
+    (prev_a, res_a, w_a), (prev_b, res_b, w_b) = got
+    torch.testing.assert_close(prev_a, prev_b, rtol=1e-5, atol=1e-5)
+    assert res_a.grad_norm == pytest.approx(res_b.grad_norm, rel=1e-5)
+    for k in ("loss/total", "rl/reward", "rl/advantage_mean", "rl/advantage_std"):
+        assert res_a.metrics[k] == pytest.approx(res_b.metrics[k], rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(w_a, w_b, rtol=1e-5, atol=1e-7)
+    if method == "grpo":
+        assert res_a.metrics["pg/ratio_mean"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,12 @@ must score: its score is the reward), and phases 5–6 are this module's:
    log-probs of the sampling policy (ℓ_old), of the reference (ℓ_ref, when a KL term or
    penalty needs it) and, for PPO, the value head's V_old; then the training targets
    (:func:`rollout_targets`): the reward (the score, minus β·Σ_t k_t with ``kl_penalty``), the
-   baseline or advantages, and PPO's GAE returns.
+   baseline or advantages, and PPO's GAE returns. The ℓ_old pass is **deferred** when nothing
+   before the update needs ℓ_old (no KL penalty, no value head), the first optimizer step holds
+   every example (one step per epoch) and the policy has no dropout: the first step's forward
+   then runs at exactly the sampling weights, so its detached log-probs *are* ℓ_old (the ratio
+   is exactly 1 there, as TRL's GRPO assumes with ``num_iterations = 1``), and one forward per
+   iteration is saved (:func:`defers_old_logps`).
 6. **update** (:func:`update_rollout`) — ``update_epochs × updates_per_epoch`` AdamW steps over
    the N samples; each micro-batch computes per-token ℓ_θ (and V_φ) in one forward, builds the
    objective's typed batch (:class:`~unialign.losses.policy_gradient.ReinforceBatch`,
@@ -44,6 +49,7 @@ from unialign.lm.generation import Generations
 from unialign.lm.online_methods import Examples, OnlineMethod, RolloutRule
 from unialign.lm.online_rewards import is_score_judge
 from unialign.lm.online_update import UpdateResult, _frozen
+from unialign.lm.packing import unwrap_model
 from unialign.lm.value_head import (
     attach_value_head,
     detach_value_head,
@@ -71,6 +77,7 @@ __all__ = [
     "RolloutUpdateResult",
     "check_judge",
     "rollout_targets",
+    "defers_old_logps",
     "collect_rollout",
     "update_rollout",
     "prepare_policy",
@@ -257,6 +264,10 @@ class Rollout:
         previous, reference: ``[N]`` summed ℓ_old and ℓ_ref (NaN when not computed), what the
             loop's ``IterationRecord`` and metrics hold.
         metrics: the rollout's diagnostics (``rl/*``).
+        deferred: ℓ_old was not computed here (:func:`defers_old_logps`): ``old_logps`` and
+            ``previous`` hold NaN until :func:`update_rollout`'s first step writes them in
+            place (the detached log-probs of its forward, at the sampling weights), and the
+            ``rl/*`` metrics are computed then.
     """
 
     mask: Tensor
@@ -267,6 +278,35 @@ class Rollout:
     previous: Tensor
     reference: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    deferred: bool = False
+
+
+def _has_dropout(model: torch.nn.Module) -> bool:
+    """A dropout module with p > 0, or a ``*dropout*`` / ``*pdrop*`` rate > 0 in the model's
+    config (attention dropout is applied functionally in transformers' models)."""
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
+           for m in model.modules()):  # fmt: skip
+        return True
+    config = getattr(unwrap_model(model), "config", None)
+    values = config.to_dict() if hasattr(config, "to_dict") else {}
+    return any(("dropout" in k or "pdrop" in k) and isinstance(v, int | float) and v > 0
+               for k, v in values.items())  # fmt: skip
+
+
+def defers_old_logps(
+    policy: torch.nn.Module, settings: RolloutSettings, first_pass: list[list[list[int]]]
+) -> bool:
+    """Whether :func:`collect_rollout` may skip the ℓ_old pass: no KL penalty and no value head
+    (the targets need nothing of the sampling policy), one optimizer step in the first pass
+    (it holds every example, so all of ℓ_old is written before the weights first change) and
+    no dropout (the update's train-mode forward equals the eval-mode one)."""
+    penalized = settings.kl_penalty != "none" and settings.kl_penalty_coef > 0
+    return (
+        not penalized
+        and not settings.rule.value_head
+        and len(first_pass) == 1
+        and not _has_dropout(policy)
+    )
 
 
 def collect_rollout(
@@ -280,23 +320,29 @@ def collect_rollout(
 ) -> Rollout:
     """Phase 5 (module docstring): per-token ℓ_old (and V_old) under ``policy`` before any
     update, ℓ_ref under ``reference_model`` (or the LoRA policy with its adapter disabled),
-    on the micro-batches of the update's first pass; then :func:`rollout_targets`."""
+    on the micro-batches of the update's first pass; then :func:`rollout_targets`. ℓ_old is
+    left to the update when :func:`defers_old_logps` allows it (``Rollout.deferred``)."""
     device = next(policy.parameters()).device
     n = len(gens)
     width = max((len(c) for c in gens.completion_ids), default=0)
+    deferred = defers_old_logps(policy, settings, first_pass)
+    lengths = torch.tensor([len(c) for c in gens.completion_ids], device=device)
     mask = torch.zeros(n, width, dtype=torch.bool, device=device)
-    old = torch.zeros(n, width, device=device)
+    old = torch.full((n, width), math.nan if deferred else 0.0, device=device)
     ref = torch.zeros(n, width, device=device) if settings.use_reference else None
     head = value_head_of(policy) if settings.rule.value_head else None
     values = torch.zeros(n, width, device=device) if head is not None else None
     for mb in (mb for step in first_pass for mb in step):
         ids = examples.take(mb).chosen.tolist()
         rows = torch.tensor(ids, device=device)
-        with _frozen(policy):
-            out = token_outputs(policy, gens, ids, width=width, value_head=head, **logps_kw)
-        mask[rows], old[rows] = out.mask.to(device), out.logps.to(device)
-        if values is not None:
-            values[rows] = out.values.to(device)
+        if deferred:  # the completion tokens, as token_outputs would mark them
+            mask[rows] = torch.arange(width, device=device)[None, :] < lengths[rows, None]
+        else:
+            with _frozen(policy):
+                out = token_outputs(policy, gens, ids, width=width, value_head=head, **logps_kw)
+            mask[rows], old[rows] = out.mask.to(device), out.logps.to(device)
+            if values is not None:
+                values[rows] = out.values.to(device)
         if ref is not None:
             model = reference_model if reference_model is not None else policy
             with _frozen(model, adapter_off=reference_model is None):
@@ -312,11 +358,12 @@ def collect_rollout(
         gamma=settings.gamma, lam=settings.lam, whiten_advantages=settings.whiten_advantages,
     )  # fmt: skip
     zero = torch.zeros((), device=device)
-    previous = torch.where(mask, old, zero).sum(-1)
+    previous = (torch.full((n,), math.nan, device=device) if deferred
+                else torch.where(mask, old, zero).sum(-1))  # fmt: skip
     reference = (torch.where(mask, ref, zero).sum(-1) if ref is not None
                  else torch.full((n,), math.nan, device=device))  # fmt: skip
-    return Rollout(mask, old, ref, values, targets, previous, reference,
-                   _rollout_metrics(settings, targets, mask, old, ref, values))  # fmt: skip
+    metrics = {} if deferred else _rollout_metrics(settings, targets, mask, old, ref, values)
+    return Rollout(mask, old, ref, values, targets, previous, reference, metrics, deferred)
 
 
 def _rollout_metrics(settings, t: Targets, mask, old, ref, values) -> dict[str, float]:
@@ -413,7 +460,7 @@ def update_rollout(
     per_example: dict[str, list[Tensor]] = {}
     steps: list[dict[str, float]] = []
     tokens, grad_norm, lr = 0, None, scheduler.get_last_lr()[0]
-    for micro_batches in plan:
+    for s, micro_batches in enumerate(plan):
         size = sum(len(mb) for mb in micro_batches)
         lr = scheduler.get_last_lr()[0]
         all_rows = [examples.chosen[i] for mb in micro_batches for i in mb]
@@ -423,6 +470,8 @@ def update_rollout(
             ids = examples.take(mb).chosen.tolist()
             rows = torch.tensor(ids, device=device)
             out = token_outputs(policy, gens, ids, width=width, value_head=head, **logps_kw)
+            if rollout.deferred and s == 0:  # the sampling weights: these are ℓ_old
+                rollout.old_logps[rows] = out.logps.detach().to(device)
             losses, metrics = _micro_batch_loss(settings, out, rows, rollout, step_mean)
             (losses.sum() / size).backward()
             tokens += out.tokens
@@ -430,6 +479,8 @@ def update_rollout(
                 v = v.detach().float().cpu()
                 per_example.setdefault(k, []).append(v)
                 step_metrics.setdefault(k, []).append(v)
+        if rollout.deferred:  # step 0 wrote all of ℓ_old; the weights have not changed yet
+            _complete_deferred(rollout, settings)
         if size > 0:
             if max_grad_norm:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm))
@@ -443,6 +494,17 @@ def update_rollout(
     means = {k: float(torch.cat(v).mean()) for k, v in per_example.items()}
     means.update(rollout.metrics)
     return RolloutUpdateResult(means, tokens, grad_norm, lr, time.perf_counter() - t0, steps)
+
+
+def _complete_deferred(rollout: Rollout, settings: RolloutSettings) -> None:
+    """After the first step's forwards wrote ℓ_old: the summed ``previous`` (in place, so the
+    loop's reference to it sees the values) and the ``rl/*`` metrics."""
+    zero = torch.zeros((), device=rollout.mask.device)
+    rollout.previous.copy_(torch.where(rollout.mask, rollout.old_logps, zero).sum(-1))
+    rollout.metrics.update(_rollout_metrics(settings, rollout.targets, rollout.mask,
+                                            rollout.old_logps, rollout.ref_logps,
+                                            rollout.old_values))  # fmt: skip
+    rollout.deferred = False
 
 
 # ---------------------------------------------------------------------------------------------
