@@ -243,7 +243,8 @@ def plot_curves(table: dict, results: list[dict], out: Path) -> list[Path]:
         ax.set_title(task)
         ax.set_xlabel(table["x_label"])
         ax.set_ylabel(f"normalised {table['y_label']}" if normalised else table["y_label"])
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"curves_{task_slug(task)}.png"
         fig.savefig(path)
