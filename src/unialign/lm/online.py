@@ -73,6 +73,7 @@ from unialign.lm.online_mixture import sample_mixture
 from unialign.lm.online_rewards import CombinedScoreJudge, greedy_completions, resolve_judges
 from unialign.lm.online_update import frozen_logps, plan_steps, update_policy
 from unialign.lm.packing import unwrap_model
+from unialign.lm.refit_reward import build_refit
 from unialign.lm.train import stream_positions
 from unialign.runlog import MetricsLog, atomic_file, progress_bar
 
@@ -157,6 +158,14 @@ def train_lm_online(
     task = _load_task(cfg) if cfg.task else None
     state = TrainState()  # step = iterations done, examples_seen = prompts consumed
     stopper = StopOnSignal()
+    refit = None
+    if judge is None and cfg.refit is not None:  # the judge: a reward model refit every iteration
+        refit = judge = build_refit(
+            cfg.refit, model=cfg.model or str(task.reference.path),
+            tokenizer=cfg.tokenizer or cfg.model or str(task.reference.path),
+            gold=task.gold_reward, iterations=cfg.iterations, beta=cfg.refit_beta,
+            seed=cfg.seed, device=acc.device,
+        )  # fmt: skip
     if judge is None and cfg.judges:  # several score judges, one combined reward
         judge = resolve_judges(cfg.judges, task, combination=cfg.reward_combination,
                                weights=cfg.reward_weights or None, resolve=resolve_judge)  # fmt: skip
@@ -219,6 +228,8 @@ def train_lm_online(
         loaded = load_checkpoint(ckpt, accelerator=acc, model=policy, optimizer=optimizer,
                                  scheduler=scheduler)  # fmt: skip
         state.__dict__.update(loaded.__dict__)
+        if refit is not None:
+            refit.load(out, state.step)
         # verdicts stored after the checkpoint are replayed by this run: drop them first
         store.rollback(StoreMark.from_dict(read_sidecar(out, state.step)["store_mark"]))
     saved = state.step if ckpt is not None else None
@@ -229,6 +240,8 @@ def train_lm_online(
         nonlocal saved
         state.metrics_offset = log.offset()
         # the sidecar first: a kill between the two leaves an older, consistent checkpoint
+        if refit is not None:
+            refit.save(out, state.step)
         write_sidecar(out, state.step, {"store_mark": store.mark().as_dict()})
         save_checkpoint(out, accelerator=acc, model=policy, optimizer=optimizer,
                         scheduler=scheduler, state=state, keep=cfg.keep_checkpoints)  # fmt: skip
@@ -248,6 +261,10 @@ def train_lm_online(
                 batch_prompts = [prompts[i] for i in idx]
                 # 2. sample
                 s = _sample(cfg, it, sampler, policy, ref_model, tokenizer, batch_prompts)
+                refit_metrics = {} if refit is None else refit.round(  # 2b. label, refit
+                    it, batch_prompts, s.gens, s.completions, policy=policy, store=store,
+                    temperature=cfg.temperature, **logps_kw,
+                )  # fmt: skip
                 # 3. judge (every verdict goes to the store as soon as its chunk is judged)
                 t0 = time.perf_counter()
                 jkw = dict(score_temperature=cfg.score_temperature, chunk=cfg.judge_batch_size,
@@ -313,6 +330,7 @@ def train_lm_online(
                 })  # fmt: skip
                 if upd.grad_norm is not None:
                     last["lm/grad_norm"] = upd.grad_norm
+                last.update(refit_metrics)
                 if task is not None:
                     per_sample = [batch_prompts[i] for i in s.gens.prompt_index]
                     last.update(task.evaluate(per_sample, s.completions))

@@ -20,6 +20,7 @@ from unialign.feedback.judges import parse_judge_config
 from unialign.lm.config import check_lora_fields, must_exist_locally
 from unialign.lm.online_methods import METHODS, OnlineMethod, dummy_batch
 from unialign.lm.online_rewards import SCORE_KINDS
+from unialign.lm.refit_reward import RefitRewardConfig
 from unialign.losses import REGISTRY, LossSpec
 
 __all__ = ["LMOnlineConfig", "online_method_names", "ONLINE_DPO_KINDS"]
@@ -146,6 +147,12 @@ class LMOnlineConfig(BaseModel):
         description="several score judges combined into one reward, instead of judge: each "
         "task:gold, a 'file.py:function' reward function or a reward_function / reward_model "
         "mapping (docs/lm-online.md, Several rewards)",
+    )
+    refit: RefitRewardConfig | None = Field(
+        None,
+        description="classic RLHF / A-PARL (task only, instead of judge): the judge is a reward "
+        "model refit every iteration on a simulated teacher's labels of the policy's samples "
+        "(docs/aparl-lm.md)",
     )
     reward_combination: Literal["weighted", "log_sigmoid"] = Field(
         "weighted",
@@ -375,6 +382,7 @@ class LMOnlineConfig(BaseModel):
             raise ValueError("max_grad_norm must be >= 0 (0 or null disables clipping)")
         if self.max_tokens_per_row is not None and self.max_tokens_per_row < 1:
             raise ValueError("max_tokens_per_row must be >= 1")
+        self._check_refit()
         self._check_judge()
         self._check_rollout(set_)
         _check_params(self.objective, self.resolved_params(), method)
@@ -409,6 +417,27 @@ class LMOnlineConfig(BaseModel):
                 f"judge.store: {store} is the run's own feedback store; people label in "
                 "another store file (the run's store is rolled back on resume)"
             )
+
+    def _check_refit(self) -> None:
+        """``refit`` needs the task (its gold reward is the teacher's) and replaces the judge;
+        A-PARL needs the lower objective's β (``refit.beta`` or a KL penalty)."""
+        if self.refit is None:
+            return
+        if self.task is None:
+            raise ValueError("refit: needs task (the teacher labels from the task's gold reward)")
+        if self.judge is not None or self.judges:
+            raise ValueError("refit: the refit reward model is the judge; leave judge/judges out")
+        if self.refit.correction == "aparl" and self.refit_beta is None:
+            raise ValueError("refit.beta: correction aparl needs β of the lower objective (set "
+                             "refit.beta, or kl_penalty with kl_penalty_coef > 0)")  # fmt: skip
+
+    @property
+    def refit_beta(self) -> float | None:
+        """β of A-PARL's lower objective: ``refit.beta``, else the policy's KL penalty."""
+        if self.refit is not None and self.refit.beta is not None:
+            return self.refit.beta
+        on = self.kl_penalty != "none" and self.kl_penalty_coef > 0
+        return self.kl_penalty_coef if on else None
 
     def _check_judges(self) -> None:
         """``judges``: score judges only, not with ``judge``; the combination fields need it."""
