@@ -12,6 +12,8 @@ Commands:
                                          judge, update: online DPO, SPPO, INPO, DNO, Nash-MD)
     unialign train rm --config F         a reward model (scalar, ensemble or GPM head) on
                                          preference pairs, loadable as a judge
+    unialign train barfi --config F      BARFI: learn to blend an auxiliary reward with the
+                                         primary one (control, docs/barfi.md)
     unialign feedback export STORE OUT   labelled completion comparisons → preference JSONL
     unialign label RUN_DIR_OR_STORE      the labelling web app (docs/labelling.md); also
                                          `label add-annotator STORE NAME` for a login token
@@ -91,6 +93,15 @@ def _cmd_train_control(args: argparse.Namespace) -> int:
 
     cfg = load_config(ControlConfig, args.config, _overrides(args, ControlConfig))
     summary = train_control(cfg, resume=args.resume)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _cmd_train_barfi(args: argparse.Namespace) -> int:
+    from unialign.config import load_config
+    from unialign.control.barfi import BarfiConfig, train_barfi
+
+    cfg = load_config(BarfiConfig, args.config, _overrides(args, BarfiConfig))
+    summary = train_barfi(cfg, resume=args.resume)
     return 130 if summary.get("interrupted") else 0
 
 
@@ -252,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         tsub, "lm-online", "online preference training of a causal LM", _cmd_train_lm_online
     )
     _add_train_parser(tsub, "rm", "a reward model on preference pairs", _cmd_train_rm)
+    _add_train_parser(
+        tsub, "barfi", "BARFI: learn how to blend an auxiliary reward (control)", _cmd_train_barfi
+    )
     return parser
 
 
@@ -270,6 +284,8 @@ def _add_train_parser(tsub, name: str, help_text: str, func) -> None:
             from unialign.lm.rm_config import RMTrainConfig as model
         elif name == "lm-online":
             from unialign.lm.online_config import LMOnlineConfig as model
+        elif name == "barfi":
+            from unialign.control.barfi import BarfiConfig as model
         else:
             from unialign.lm.config import LMTrainConfig as model
         add_config_flags(p, model)

@@ -125,29 +125,29 @@ def discounted_returns(rewards: Tensor, gamma: Tensor | float, episode_ends: Ten
         episode_ends: ``[T]`` bool, True at the last step of each episode (the last entry
             must be True: a batch holds whole episodes).
 
-    Computed as G = M r with M_tk = γ^{k−t} for t ≤ k in the same episode, 0 otherwise
-    (O(T²) memory per call; call it per chunk of episodes for long batches). The recursion
-    G_t = r_t + γ G_{t+1} would give the same values; the matrix form keeps the autograd
-    graph shallow, which matters for the double-backward passes of the hypergradient.
+    Computed per episode as G = M r with M_tk = γ^{k−t} for t ≤ k, 0 otherwise (O(L²) for
+    an episode of L steps). The recursion G_t = r_t + γ G_{t+1} gives the same values; the
+    matrix form keeps the autograd graph shallow, which matters for the double-backward
+    passes of the hypergradient.
     """
     if rewards.dim() != 1 or episode_ends.shape != rewards.shape:
         raise ValueError(
             f"rewards and episode_ends must be [T] of one shape, got {tuple(rewards.shape)} "
             f"and {tuple(episode_ends.shape)}"
         )
-    n = rewards.shape[0]
-    if n == 0:
+    if rewards.shape[0] == 0:
         return rewards
     if not bool(episode_ends[-1]):
         raise ValueError("episode_ends[-1] must be True: pass whole episodes")
-    ends = episode_ends.to(torch.long)
-    episode = torch.cumsum(ends, 0) - ends  # episode number of each step
-    t = torch.arange(n)
-    lag = t[None, :] - t[:, None]  # k − t
-    same = (episode[None, :] == episode[:, None]) & (lag >= 0)
     gamma = torch.as_tensor(gamma, dtype=rewards.dtype)
-    powers = torch.where(same, gamma ** lag.clamp(min=0).to(rewards.dtype), 0.0)
-    return powers @ rewards
+    lengths = torch.diff(torch.flatten(torch.nonzero(episode_ends)), prepend=torch.tensor([-1]))
+    out = []
+    for r in torch.split(rewards, lengths.tolist()):
+        t = torch.arange(r.shape[0])
+        lag = t[None, :] - t[:, None]  # k − t
+        powers = torch.where(lag >= 0, gamma ** lag.clamp(min=0).to(r.dtype), 0.0)
+        out.append(powers @ r)
+    return torch.cat(out)
 
 
 def reinforce_entropy_objective(
