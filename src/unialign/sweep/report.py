@@ -26,7 +26,14 @@ from unialign.sweep.config import SweepConfig
 from unialign.sweep.grid import Cell, task_slug
 from unialign.sweep.stats import mean_ci95, normalize
 
-__all__ = ["build_table", "first_reach", "plot_curves", "table_markdown", "write_report"]
+__all__ = [
+    "build_table",
+    "draw_task_curves",
+    "first_reach",
+    "plot_curves",
+    "table_markdown",
+    "write_report",
+]
 
 
 def _combo_key(grid: dict) -> str:
@@ -207,44 +214,46 @@ def _mean_curve(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return xs, ys.mean(0), ys.std(0)
 
 
+def draw_task_curves(ax, table: dict, results: list[dict], task: str) -> None:
+    """Draw ``task``'s rows on ``ax``: each row's mean curve ± one standard deviation over its
+    cells, normalised when the row has references (with the threshold drawn), raw otherwise."""
+    normalised = False
+    for row in (r for r in table["rows"] if r["task"] == task):
+        rs = [
+            r for r in results
+            if r["cell"]["task"] == task and r["cell"]["method"] == row["method"]
+            and r["cell"]["grid"] == row["grid"] and r["curve"]
+        ]  # fmt: skip
+        if not rs:
+            continue
+        curves = [[tuple(p) for p in r["curve"]] for r in rs]
+        if "low" in row:
+            normalised = True
+            curves = [[(x, normalize(y, row["low"], row["high"])) for x, y in c] for c in curves]
+        xs, mean, sd = _mean_curve(curves)
+        label = row["method"] + "".join(f" {k}={v}" for k, v in row["grid"].items())
+        ax.plot(xs, mean, label=f"{label} (n={len(rs)})")
+        ax.fill_between(xs, mean - sd, mean + sd, alpha=0.2)
+    if normalised:
+        ax.axhline(table["normalize"]["threshold"], color="grey", linestyle=":", lw=1)
+    ax.set_title(task)
+    ax.set_xlabel(table["x_label"])
+    ax.set_ylabel(f"normalised {table['y_label']}" if normalised else table["y_label"])
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
 def plot_curves(table: dict, results: list[dict], out: Path) -> list[Path]:
-    """One PNG per task: each row's mean curve ± one standard deviation over its cells,
-    normalised when the row has references (with the threshold drawn), raw otherwise."""
+    """``out/curves_<task_slug>.png`` for each task (:func:`draw_task_curves`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    by_id = {r["cell"]["cell_id"]: r for r in results}
     for task in dict.fromkeys(r["task"] for r in table["rows"]):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-        normalised = False
-        for row in (r for r in table["rows"] if r["task"] == task):
-            rs = [
-                r for r in by_id.values()
-                if r["cell"]["task"] == task and r["cell"]["method"] == row["method"]
-                and r["cell"]["grid"] == row["grid"] and r["curve"]
-            ]  # fmt: skip
-            if not rs:
-                continue
-            curves = [list(map(tuple, r["curve"])) for r in rs]
-            if "low" in row:
-                normalised = True
-                curves = [
-                    [(x, normalize(y, row["low"], row["high"])) for x, y in c] for c in curves
-                ]
-            xs, mean, sd = _mean_curve(curves)
-            label = row["method"] + "".join(f" {k}={v}" for k, v in row["grid"].items())
-            ax.plot(xs, mean, label=f"{label} (n={len(rs)})")
-            ax.fill_between(xs, mean - sd, mean + sd, alpha=0.2)
-        if normalised:
-            ax.axhline(table["normalize"]["threshold"], color="grey", linestyle=":", lw=1)
-        ax.set_title(task)
-        ax.set_xlabel(table["x_label"])
-        ax.set_ylabel(f"normalised {table['y_label']}" if normalised else table["y_label"])
-        if ax.lines:
-            ax.legend(fontsize=8)
+        draw_task_curves(ax, table, results, task)
         fig.tight_layout()
         path = out / f"curves_{task_slug(task)}.png"
         fig.savefig(path)

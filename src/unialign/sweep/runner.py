@@ -44,6 +44,7 @@ class SweepOutcome:
     ray_start_s: float | None = None  # ray.init, when this call started Ray
     wall_s: float = 0.0
     table: dict = field(default_factory=dict)
+    results: list[dict] = field(default_factory=list)  # every finished cell's result.json
 
 
 def execute_cell(spec: str, cell: Cell, out_dir: str, cpus: float, cwd: str) -> dict:
@@ -225,6 +226,7 @@ def run_sweep(
         if r is None and (out / "cells" / c.cell_id / "error.txt").exists()
     ]
     outcome.table = write_report(cfg, finished, cells, failed, show=show)
+    outcome.results = finished
     outcome.wall_s = round(time.perf_counter() - t0, 2)
     if rec.failed:
         console.print(f"[red]{len(rec.failed)} cell(s) failed[/red]: {', '.join(rec.failed)}")
