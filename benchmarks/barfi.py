@@ -57,6 +57,8 @@ def run_cell(cell: Any, out_dir: Path) -> dict:
     cfg = cell_config(cell, Path(out_dir))
     resume = (Path(cfg.output_dir) / "checkpoint.pt").exists()
     summary = train_barfi(cfg, resume=resume)
+    if summary["interrupted"]:  # Ctrl-C reached the run's StopOnSignal: not a finished cell
+        raise KeyboardInterrupt(f"cell {cell.cell_id} interrupted; its checkpoint resumes it")
     curve = summary["curve"]
     return {
         "score": summary["score"],
