@@ -9,10 +9,12 @@ objective G(ν) = Σ_{y¹,y²} π*(y¹) π*(y²) ū_ν(y¹, y²) with ū the exp
 expectation over labels is ū). Autograd through θ*(ν) gives dG/dν; with π* held fixed it gives
 the direct term; their difference is the exact implicit term.
 
-By hand (docs/aparl-lm.md): the score of arm y is s_y = e_y − π*, F = diag(π*) − π*π*ᵀ,
-g = E[(U − Ū)(s¹ + s²)] has components π*_y (Ū_y − Ū) ·2-ish sums and Σ_y g_y = 0 (so g lies in
-the range of the singular F and CG from 0 finds the min-norm solution); the product
-(1/β) E[∇r sᵀ] F⁺ g collapses to (1/β) Σ_i Cov_{π*⊗π*}(U(σ), ∇_ν r_ν(y^i)) — no Hessian. The
+By hand (docs/aparl-lm.md): the score of arm y is s_y = e_y − π*, F = diag(π*) − π*π*ᵀ, and
+g = E[(U − Ū)(s¹ + s²)] has components g_y = π*_y (A_y + B_y) with A_y = E[U − Ū | y¹ = y],
+B_y = E[U − Ū | y² = y]; Σ_y g_y = 0, so g lies in the range of the singular F (whose null space
+is the constant shift) and CG from 0 finds the min-norm solution x = A + B − const. Then
+E[∇r sᵀ] x = Σ_y π*_y ∇r_y (x_y − π*·x) = Σ_i Cov_{π*⊗π*}(U(σ), ∇_ν r_ν(y^i)): the implicit
+term is (1/β) Σ_i Cov(U, ∇r(y^i)) — no Hessian. The
 estimator evaluated with every arm as a sample (weights π*) and every pair (weights π*π*)
 must therefore equal the exact term up to rounding: float64, n = 5 so CG is exact after
 rank(F) = 4 iterations; the remaining error is a few ulps of the O(1) entries times the
