@@ -1,6 +1,6 @@
 """BARFI's blended reward and the hypergradient of the primary return through the inner learner.
 
-Paper: Gupta, Pacchiano, Zhai, Kakade, Niekum, *Behavior Alignment via Reward Function
+Paper: Gupta, Chandak, Jordan, Thomas, da Silva, *Behavior Alignment via Reward Function
 Optimization* (NeurIPS 2023, arXiv 2310.19007). Formulas and derivation: ``docs/barfi.md``.
 
 - **Blended reward** (the parametrisation of the authors' release):

@@ -1,6 +1,6 @@
 """BARFI on a control task: ``unialign train barfi --config F``.
 
-Gupta, Pacchiano, Zhai, Kakade, Niekum, *Behavior Alignment via Reward Function Optimization*
+Gupta, Chandak, Jordan, Thomas, da Silva, *Behavior Alignment via Reward Function Optimization*
 (NeurIPS 2023, arXiv 2310.19007). One loop, four phases per iteration:
 
 1. **collect** ``episodes_per_update`` whole episodes with the current policy π_θ;
