@@ -30,6 +30,7 @@ __all__ = [
     "build_table",
     "draw_task_curves",
     "first_reach",
+    "format_stat",
     "plot_curves",
     "table_markdown",
     "write_report",
@@ -143,7 +144,7 @@ def _num(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}" if abs(x) >= 10 else f"{x:#.3g}"
 
 
-def _cell_text(s: dict | None, digits: int | None = None) -> str:
+def format_stat(s: dict | None, digits: int | None = None) -> str:
     """``mean ± ci95`` (``(k/n)`` when some cells have no value; ``never (0/n)``)."""
     if s is None:
         return "—"
@@ -155,21 +156,26 @@ def _cell_text(s: dict | None, digits: int | None = None) -> str:
     return text + (f" ({s['n']}/{total})" if s["missing"] else "")
 
 
+_cell_text = format_stat  # the name benchmarks/parl_tasks.py imported first
+
+
 def _columns(table: dict) -> list[tuple[str, Any]]:
     cols: list[tuple[str, Any]] = [
         ("task", lambda r: r["task"]),
         ("method", lambda r: r["method"] + "".join(f" {k}={v}" for k, v in r["grid"].items())),
         ("n", lambda r: f"{r['n']}/{r['n_cells']}" + (f" ({len(r['failed'])} failed)" if r["failed"] else "")),
-        ("score", lambda r: _cell_text(r["score"])),
+        ("score", lambda r: format_stat(r["score"])),
     ]  # fmt: skip
     if table["normalize"]:
         thr = f"{table['normalize']['threshold']:g}"
-        cols.append(("normalised", lambda r: _cell_text(r.get("normalized"), 2)))
-        cols.append((f"{table['x_label']} to {thr}", lambda r: _cell_text(r.get("x_to_threshold"))))
+        cols.append(("normalised", lambda r: format_stat(r.get("normalized"), 2)))
+        cols.append(
+            (f"{table['x_label']} to {thr}", lambda r: format_stat(r.get("x_to_threshold")))
+        )
         for name in sorted({k for r in table["rows"] for k in r.get("aux_to_threshold", {})}):
-            cols.append((f"{name} to {thr}", lambda r, k=name: _cell_text(r.get("aux_to_threshold", {}).get(k))))  # fmt: skip
+            cols.append((f"{name} to {thr}", lambda r, k=name: format_stat(r.get("aux_to_threshold", {}).get(k))))  # fmt: skip
     for name in sorted({k for r in table["rows"] for k in r["metrics"]}):
-        cols.append((name, lambda r, k=name: _cell_text(r["metrics"].get(k))))
+        cols.append((name, lambda r, k=name: format_stat(r["metrics"].get(k))))
     return cols
 
 
