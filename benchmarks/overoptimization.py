@@ -277,8 +277,13 @@ def windows(curve: list[dict], size: int) -> list[dict]:
     return out
 
 
-def summarize(runs: list[dict], window: int) -> dict:
-    """Per objective: curves (mean ± CI over seeds per window) and peak/final statistics."""
+def summarize(runs: list[dict], window: int, reference_gold: dict | None = None) -> dict:
+    """Per objective: curves (mean ± CI over seeds per window) and peak/final statistics.
+
+    ``reference_gold`` (seed → the reference policy's mean gold reward, from its labelled
+    samples) adds the first window after the peak whose gold falls below it: the iteration and
+    KL of the fall (``None`` for a seed that never falls; the means count the seeds that did).
+    """
     out: dict[str, Any] = {}
     for obj in OBJECTIVES:
         mine = sorted((r for r in runs if r["objective"] == obj), key=lambda r: r["seed"])
@@ -289,12 +294,19 @@ def summarize(runs: list[dict], window: int) -> dict:
         curve = [{"iteration": ws[0][i]["iteration"],
                   **{k: mean_ci([w[i][k] for w in ws]) for k in ws[0][i] if k != "iteration"}}
                  for i in range(n)]  # fmt: skip
-        peaks = [int(np.argmax([x["gold"] for x in w[:n]])) for w in ws]
-        per_seed = [{"seed": r["seed"], "peak_gold": w[p]["gold"], "kl_at_peak": w[p]["kl"],
-                     "iteration_at_peak": w[p]["iteration"], "first_gold": w[0]["gold"],
-                     "final_gold": w[n - 1]["gold"], "final_kl": w[n - 1]["kl"],
-                     "final_proxy": w[n - 1]["proxy"]}
-                    for r, w, p in zip(mine, ws, peaks)]  # fmt: skip
+        per_seed = []
+        for r, w in zip(mine, ws):
+            p = int(np.argmax([x["gold"] for x in w[:n]]))
+            row = {"seed": r["seed"], "peak_gold": w[p]["gold"], "kl_at_peak": w[p]["kl"],
+                   "iteration_at_peak": w[p]["iteration"], "first_gold": w[0]["gold"],
+                   "final_gold": w[n - 1]["gold"], "final_kl": w[n - 1]["kl"],
+                   "final_proxy": w[n - 1]["proxy"]}  # fmt: skip
+            if reference_gold is not None:
+                ref = reference_gold[r["seed"]]
+                fall = next((x for x in w[p:n] if x["gold"] < ref), None)
+                row["iteration_below_reference"] = fall["iteration"] if fall else None
+                row["kl_below_reference"] = fall["kl"] if fall else None
+            per_seed.append(row)
         stats = {k: mean_ci([s[k] for s in per_seed]) for k in per_seed[0] if k != "seed"}
         stats["drop_from_peak"] = mean_ci([s["peak_gold"] - s["final_gold"] for s in per_seed])
         out[obj] = {"seeds": [r["seed"] for r in mine], "curve": curve, "per_seed": per_seed,
@@ -308,22 +320,28 @@ def plot(path: Path, summary: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     colors = dict(zip(OBJECTIVES, ("tab:red", "tab:blue", "tab:green", "tab:purple")))
+    panels = [  # (axis, y key, x: sqrt KL as Gao et al. plot it, or the iteration)
+        (axes[0, 0], "gold", "kl"), (axes[0, 1], "proxy", "kl"),
+        (axes[1, 0], "gold", "iteration"), (axes[1, 1], "kl", "iteration"),
+    ]  # fmt: skip
     for obj, s in summary.items():
-        kl = np.array([c["kl"]["mean"] for c in s["curve"]])
-        for ax, key in zip(axes, ("gold", "proxy", "ensemble_mean")):
+        it = np.array([c["iteration"] for c in s["curve"]], dtype=np.float64)
+        root_kl = np.sqrt(np.maximum([c["kl"]["mean"] for c in s["curve"]], 0.0))
+        for ax, key, x in panels:
             m = np.array([c[key]["mean"] for c in s["curve"]])
             h = np.nan_to_num(np.array([c[key]["ci95"] for c in s["curve"]]))
-            ax.plot(kl, m, color=colors[obj], label=f"{obj} (n={len(s['seeds'])})")
-            ax.fill_between(kl, m - h, m + h, color=colors[obj], alpha=0.15)
-    titles = ("gold reward", "proxy: the objective optimized (standardized)",
-              "ensemble mean of the K members (standardized)")  # fmt: skip
-    for ax, title in zip(axes, titles):
-        ax.set_xlabel("KL(π ‖ π_ref), nats (k1, mean over seeds)")
+            xs = root_kl if x == "kl" else it
+            ax.plot(xs, m, color=colors[obj], label=f"{obj} (n={len(s['seeds'])})")
+            ax.fill_between(xs, m - h, m + h, color=colors[obj], alpha=0.15)
+    titles = ("gold reward", "proxy: the objective optimized (standardized)", "gold reward",
+              "KL(π ‖ π_ref), nats (k1 estimate)")  # fmt: skip
+    for (ax, _, x), title in zip(panels, titles):
+        ax.set_xlabel("√KL(π ‖ π_ref) (mean KL over seeds)" if x == "kl" else "iteration")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0, 0].legend()
     fig.suptitle("Over-optimization on the style task: RLOO against a single proxy and ensembles "
                  "(mean ± 95 % CI over seeds)")  # fmt: skip
     fig.tight_layout()
@@ -386,7 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
                              runs_dir / f"seed{seed}" / obj, args)  # fmt: skip
             record["runs"] = [r for r in record["runs"]
                               if (r["objective"], r["seed"]) != (obj, seed)] + [run]  # fmt: skip
-            record["summary"] = summarize(record["runs"], args.window)
+            ref_gold = {s: p["label_gold_mean"] for s, p in record["proxies"].items()}
+            record["summary"] = summarize(record["runs"], args.window, ref_gold)
             record["wall_s"] = round(time.perf_counter() - t0, 1)
             out.write_text(json.dumps(record, indent=1))  # partial results as they come
             last = run["curve"][-1]

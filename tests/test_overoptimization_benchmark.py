@@ -75,7 +75,10 @@ def test_windows_pool_iterations_weighted_by_samples():
 def test_summarize_finds_each_seeds_peak_and_final():
     """Two seeds, window 1. Seed 0: gold (0.4, 0.7, 0.1) at KL (0, 2, 9): peak 0.7 at KL 2,
     final 0.1, drop 0.6. Seed 1: gold (0.5, 0.6, 0.3) at KL (0, 4, 8): peak 0.6 at KL 4,
-    final 0.3, drop 0.3. Means over seeds: peak 0.65, KL at peak 3, final 0.2, drop 0.45."""
+    final 0.3, drop 0.3. Means over seeds: peak 0.65, KL at peak 3, final 0.2, drop 0.45.
+    Reference gold 0.35 for seed 0: after its peak the gold first falls below it at iteration 3
+    (0.1, KL 9); reference 0.2 for seed 1: 0.3 never falls below, so the fall is None and the
+    mean KL of the fall counts seed 0 alone (9, n = 1)."""
     bench = _script()
     runs = [
         {"objective": "min", "seed": 0,
@@ -83,13 +86,15 @@ def test_summarize_finds_each_seeds_peak_and_final():
         {"objective": "min", "seed": 1,
          "curve": [_row(1, 0.5, 0.0), _row(2, 0.6, 4.0), _row(3, 0.3, 8.0)]},
     ]  # fmt: skip
-    s = bench.summarize(runs, 1)["min"]
+    s = bench.summarize(runs, 1, {0: 0.35, 1: 0.2})["min"]
     assert s["seeds"] == [0, 1]
     assert s["peak_gold"]["mean"] == pytest.approx(0.65)
     assert s["kl_at_peak"]["mean"] == pytest.approx(3.0)
     assert s["final_gold"]["mean"] == pytest.approx(0.2)
     assert s["drop_from_peak"]["mean"] == pytest.approx(0.45)
     assert [c["gold"]["mean"] for c in s["curve"]] == pytest.approx([0.45, 0.65, 0.2])
+    assert [r["iteration_below_reference"] for r in s["per_seed"]] == [3, None]
+    assert s["kl_below_reference"]["mean"] == 9.0 and s["kl_below_reference"]["n"] == 1
 
 
 @pytest.mark.slow
