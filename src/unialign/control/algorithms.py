@@ -67,6 +67,7 @@ def _aparl(cfg: ControlConfig, obs_dim: int, act_dim: int, device: torch.device)
         cg_iters=cfg.aparl_cg_iters,
         damping=cfg.aparl_damping,
         correction_weight=cfg.aparl_weight,
+        curvature=cfg.aparl_curvature,
     )
 
 

@@ -41,7 +41,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from unialign.bilevel.hypergrad import cross_vjp, grad_or_zeros, inverse_hvp, list_dot, list_norm
+from unialign.bilevel.hypergrad import (
+    SolveResult,
+    cross_vjp,
+    grad_or_zeros,
+    inverse_hvp,
+    list_dot,
+    list_norm,
+)
 from unialign.control.buffer import RewardFn
 from unialign.control.components import FitContext
 from unialign.control.learners import BradleyTerryLearner
@@ -52,6 +59,8 @@ __all__ = [
     "APARLLearner",
     "aparl_reward_gradient",
     "gaussian_kl_to_frozen",
+    "implicit_correction",
+    "importance_weights",
     "segment_log_prob",
 ]
 
@@ -86,9 +95,80 @@ def gaussian_kl_to_frozen(actor: nn.Module, obs: Tensor) -> Tensor:
     return kl.sum(-1).mean()
 
 
+def importance_weights(
+    actor: nn.Module,
+    seg1: SegmentBatch,
+    seg2: SegmentBatch,
+    behaviour_log_prob1: Tensor,
+    behaviour_log_prob2: Tensor,
+    *,
+    self_normalise: bool = True,
+    clip: float | None = None,
+) -> Tensor:
+    """Per-pair likelihood ratios w_n = ρ_θ(σ¹_n)ρ_θ(σ²_n) / (ρ_b(σ¹_n)ρ_b(σ²_n)), ``[N]``.
+
+    ``behaviour_log_prob*``: ``[N]`` Σ_t log π_b(a_t|s_t) of each segment under the policy that
+    generated it (dynamics cancel). ``clip`` truncates w at ``clip`` × its mean (truncated
+    importance sampling, Ionides 2008), then ``self_normalise`` divides by the mean (the
+    self-normalised estimator: biased O(1/N), far lower variance). Detached.
+    """
+    with torch.no_grad():
+        log_w = segment_log_prob(actor, seg1) + segment_log_prob(actor, seg2)
+        log_w = log_w - behaviour_log_prob1.to(log_w) - behaviour_log_prob2.to(log_w)
+        w = torch.exp(log_w - log_w.max())  # the scale cancels below or is restored
+        if clip is not None:
+            w = torch.minimum(w, clip * w.mean())
+        return w / w.mean() if self_normalise else w * torch.exp(log_w.max())
+
+
 def _flat_cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
     na, nb = list_norm(a), list_norm(b)
     return float(list_dot(a, b)) / (na * nb) if na > 0 and nb > 0 else 1.0
+
+
+def implicit_correction(
+    reward_model: nn.Module,
+    actor: nn.Module,
+    g_theta: Sequence[Tensor],
+    *,
+    obs_for_lower: Tensor,
+    alpha: float,
+    critic_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    cg_iters: int = 10,
+    damping: float = 1e-2,
+    cg_tol: float = 1e-6,
+    curvature: Literal["fisher", "hessian"] = "fisher",
+    q_nu_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[list[Tensor], SolveResult]:
+    """The implicit term −(∇²_νθ L)(H + λI)⁻¹ g_θ for a given score gradient g_θ.
+
+    The second half of :func:`aparl_reward_gradient` (same arguments; ``g_theta`` aligned with
+    the actor's trainable parameters), public so that the solve and the cross term can be
+    checked against an exact g_θ (``unialign.control.aparl_diagnosis``). Returns the term, one
+    detached tensor per reward-model parameter, and the conjugate-gradient result.
+    """
+    nu = [p for p in reward_model.parameters() if p.requires_grad]
+    theta = [p for p in actor.parameters() if p.requires_grad]
+    # Lower loss on replay states: one reparameterised draw a_θ(s, ε) per state.
+    action, logp = actor.sample(obs_for_lower)
+    r_lower = reward_model.reward(obs_for_lower, action).reshape(-1)
+    if not r_lower.requires_grad:
+        raise RuntimeError(
+            "reward_model.reward(obs, act) returned a tensor without grad; A-PARL needs "
+            "∂r_ν/∂ν and ∂r_ν/∂a (is reward() wrapped in torch.no_grad()?)"
+        )
+    # Cross term ∇²_νθ L: only −E[Q_ν(s, a_θ)] depends on ν; by default its one-step part
+    # (Q_ν ≈ Q_φ + r_ν − r_ν₀), with q_nu_fn the full Q_ν.
+    q_nu = r_lower if q_nu_fn is None else q_nu_fn(obs_for_lower, action).reshape(-1)
+    grads_r = grad_or_zeros(-q_nu.mean(), theta, create_graph=True, retain_graph=True)
+    if curvature == "fisher":  # α·F: the Hessian of L at its optimum, PSD everywhere
+        curv = alpha * gaussian_kl_to_frozen(actor, obs_for_lower)
+    else:  # the actor loss itself, at the same draw
+        q = r_lower if critic_fn is None else critic_fn(obs_for_lower, action).reshape(-1)
+        curv = (alpha * logp.reshape(-1) - q).mean()
+    grads_h = grad_or_zeros(curv, theta, create_graph=True, retain_graph=True)
+    sol = inverse_hvp(grads_h, theta, list(g_theta), iters=cg_iters, damping=damping, tol=cg_tol)
+    return [-c for c in cross_vjp(grads_r, nu, sol.x)], sol
 
 
 def aparl_reward_gradient(
@@ -106,6 +186,8 @@ def aparl_reward_gradient(
     cg_tol: float = 1e-6,
     correction_weight: float = 1.0,
     curvature: Literal["fisher", "hessian"] = "fisher",
+    pair_weights: Tensor | None = None,
+    q_nu_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[list[Tensor], dict[str, float]]:
     """Gradient of the reward model's BT loss with A-PARL's implicit correction.
 
@@ -127,6 +209,16 @@ def aparl_reward_gradient(
         correction_weight: scales the implicit term; 0 skips it and returns PEBBLE's gradient.
         curvature: H = α·Fisher (``"fisher"``, default) or the actor loss's Hessian
             (``"hessian"``).
+        pair_weights: ``[N]`` non-negative weights of the pairs in the score term, e.g.
+            importance ratios ρ_θ(σ¹)ρ_θ(σ²)/(ρ_b(σ¹)ρ_b(σ²)) of replay segments against the
+            policies that generated them (:func:`importance_weights`); the term becomes
+            g_θ = Σ_n w_n (ℓ_n − ℓ̄_w) ∇_θ log ρ_n / N with ℓ̄_w = Σ w ℓ / Σ w. ``None``: all 1
+            (the default, unweighted). PEBBLE's BT term is never weighted.
+        q_nu_fn: ``(obs, act) -> Q_ν(s, a) [B]`` differentiable in the reward model's
+            parameters: the cross term then uses the full ν-dependence of the soft Q
+            (∇²_νθ L = −∇_ν∇_θ E[Q_ν(s, a_θ)]) instead of the one-step part r_ν. SAC's critic
+            is not a function of ν, so the control loop cannot supply it; the LQ diagnosis
+            (:mod:`unialign.control.aparl_diagnosis`) passes the closed-form Q_ν.
 
     Returns:
         ``(grads, metrics)``: ``grads`` aligned with
@@ -141,6 +233,13 @@ def aparl_reward_gradient(
     """
     if curvature not in ("fisher", "hessian"):
         raise ValueError(f"curvature must be 'fisher' or 'hessian', got {curvature!r}")
+    if pair_weights is not None and (
+        pair_weights.shape != labels.shape or not bool((pair_weights >= 0).all())
+    ):
+        raise ValueError(
+            f"pair_weights must be non-negative with the labels' shape {tuple(labels.shape)}, "
+            f"got shape {tuple(pair_weights.shape)}"
+        )
     nu = [p for p in reward_model.parameters() if p.requires_grad]
     theta = [p for p in actor.parameters() if p.requires_grad]
 
@@ -161,28 +260,30 @@ def aparl_reward_gradient(
         metrics["aparl/cosine"] = 1.0
         return bt, metrics
 
-    # Score-function term g_θ = ∇_θ F = mean_n (ℓ_n − ℓ̄) ∇_θ[log ρ(σ¹_n) + log ρ(σ²_n)].
+    # Score-function term g_θ = ∇_θ F = mean_n (ℓ_n − ℓ̄) ∇_θ[log ρ(σ¹_n) + log ρ(σ²_n)],
+    # each pair weighted by w_n when importance weights are given (baseline: weighted mean).
     log_rho = segment_log_prob(actor, seg1) + segment_log_prob(actor, seg2)
-    g_theta = grad_or_zeros(((ell - ell.mean()) * log_rho).mean(), theta)
+    if pair_weights is None:
+        adv = ell - ell.mean()
+    else:
+        w = pair_weights.detach().to(ell.device, ell.dtype)
+        adv = w * (ell - (w * ell).sum() / w.sum().clamp_min(1e-30))
+    g_theta = grad_or_zeros((adv * log_rho).mean(), theta)
 
-    # Lower loss on replay states: one reparameterised draw a_θ(s, ε) per state.
-    action, logp = actor.sample(obs_for_lower)
-    r_lower = reward_model.reward(obs_for_lower, action).reshape(-1)
-    if not r_lower.requires_grad:
-        raise RuntimeError(
-            "reward_model.reward(obs, act) returned a tensor without grad; A-PARL needs "
-            "∂r_ν/∂ν and ∂r_ν/∂a (is reward() wrapped in torch.no_grad()?)"
-        )
-    # Cross term ∇²_νθ L: only −E[r_ν(s, a_θ)] depends on ν (Q_ν ≈ Q_φ + r_ν − r_ν₀).
-    grads_r = grad_or_zeros(-r_lower.mean(), theta, create_graph=True, retain_graph=True)
-    if curvature == "fisher":  # α·F: the Hessian of L at its optimum, PSD everywhere
-        curv = alpha * gaussian_kl_to_frozen(actor, obs_for_lower)
-    else:  # the actor loss itself, at the same draw
-        q = r_lower if critic_fn is None else critic_fn(obs_for_lower, action).reshape(-1)
-        curv = (alpha * logp.reshape(-1) - q).mean()
-    grads_h = grad_or_zeros(curv, theta, create_graph=True, retain_graph=True)
-    sol = inverse_hvp(grads_h, theta, g_theta, iters=cg_iters, damping=damping, tol=cg_tol)
-    correction = [-correction_weight * c for c in cross_vjp(grads_r, nu, sol.x)]
+    implicit, sol = implicit_correction(
+        reward_model,
+        actor,
+        g_theta,
+        obs_for_lower=obs_for_lower,
+        critic_fn=critic_fn,
+        alpha=alpha,
+        cg_iters=cg_iters,
+        damping=damping,
+        cg_tol=cg_tol,
+        curvature=curvature,
+        q_nu_fn=q_nu_fn,
+    )
+    correction = [correction_weight * c for c in implicit]
     total = [a + c for a, c in zip(bt, correction, strict=True)]
 
     metrics["aparl/correction_norm"] = list_norm(correction)
@@ -209,6 +310,8 @@ class APARLLearner:
         lower_states: replay states on which the lower-level objective is formed.
         cg_iters, damping: conjugate gradient on the damped curvature.
         correction_weight: scale of the implicit term (0: the ablation with BT-only updates).
+        curvature: ``"fisher"`` (default) or ``"hessian"``: the actor loss's Hessian with the
+            agent's twin critics (their minimum, as SAC's actor loss) as Q.
     """
 
     def __init__(
@@ -221,7 +324,10 @@ class APARLLearner:
         cg_iters: int = 10,
         damping: float = 1e-2,
         correction_weight: float = 1.0,
+        curvature: Literal["fisher", "hessian"] = "fisher",
     ) -> None:
+        if curvature not in ("fisher", "hessian"):
+            raise ValueError(f"curvature must be 'fisher' or 'hessian', got {curvature!r}")
         if steps < 0 or batch_size < 1 or lower_states < 1:
             raise ValueError(
                 f"need steps >= 0, batch_size >= 1, lower_states >= 1; got {steps}, "
@@ -229,7 +335,7 @@ class APARLLearner:
             )
         self.base, self.steps, self.batch_size = base, steps, batch_size
         self.lower_states, self.cg_iters, self.damping = lower_states, cg_iters, damping
-        self.correction_weight = correction_weight
+        self.correction_weight, self.curvature = correction_weight, curvature
 
     def reward_fn(self) -> RewardFn:
         return self.base.reward_fn()
@@ -244,6 +350,14 @@ class APARLLearner:
         model = self.base.model
         params = [p for p in model.parameters() if p.requires_grad]
         diag: dict[str, float] = {}
+        critic_fn = None
+        if self.curvature == "hessian":
+            critic = getattr(ctx.agent, "critic", None)
+            if critic is None:
+                raise ValueError(
+                    "aparl_curvature: hessian needs an agent with twin critics (agent.critic)"
+                )
+            critic_fn = lambda o, a: critic(o, a, detach_params=True).amin(0)  # noqa: E731
         for _ in range(self.steps):
             take = ctx.rng.choice(
                 len(labels), size=min(self.batch_size, len(labels)), replace=False
@@ -256,10 +370,12 @@ class APARLLearner:
                 seg2.take(take),
                 labels[torch.as_tensor(take, device=labels.device)],
                 obs_for_lower=states,
+                critic_fn=critic_fn,
                 alpha=float(ctx.agent.alpha),
                 cg_iters=self.cg_iters,
                 damping=self.damping,
                 correction_weight=self.correction_weight,
+                curvature=self.curvature,
             )
             model.optimizer.zero_grad(set_to_none=True)
             for p, g in zip(params, grads):

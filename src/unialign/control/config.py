@@ -132,6 +132,10 @@ class ControlConfig(BaseModel):
     aparl_states: int = Field(
         256, ge=1, description="replay states used to form the lower-level objective"
     )
+    aparl_curvature: Literal["fisher", "hessian"] = Field(
+        "fisher",
+        description="lower-level curvature in the implicit term: fisher (α × the policy's Fisher matrix, PSD) or hessian (the actor loss's Hessian with SAC's critics; indefinite away from the optimum, see docs/aparl.md)",
+    )
 
     # --- evaluation and bookkeeping ----------------------------------------------------------
     eval_every: int = Field(
