@@ -78,7 +78,7 @@ def run_cell(cell, out_dir: Path) -> dict:
 
     def mean_of(key: str) -> float:
         vals = [r[key] for r in last if isinstance(r.get(key), int | float)]
-        return statistics.fmean(vals) if vals else math.nan
+        return statistics.fmean(vals) if vals else None
 
     return {
         "score": statistics.fmean(gold[-10:]),
@@ -145,17 +145,24 @@ def bandit_study(seeds: int = 10, steps: int = 300, lr: float = 0.05) -> dict:
     return out
 
 
-def t95(n: int) -> float:
-    """Two-sided 95 % Student-t quantile for n − 1 degrees of freedom."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-             9: 2.262, 10: 2.228}  # fmt: skip
-    return table.get(n - 1, 1.96)
+def _finite(v) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def _clean(x):
+    """NaN and infinities as null, so that the results file is standard JSON."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x if not isinstance(x, float) or math.isfinite(x) else None
 
 
 def interval(xs: list[float]) -> dict:
-    m = statistics.fmean(xs)
-    h = t95(len(xs)) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
-    return {"mean": m, "ci95": h, "n": len(xs), "values": xs}
+    """Mean and 95 % t-interval half-width (the sweep report's), plus the values."""
+    from unialign.sweep.stats import mean_ci95
+
+    return {**mean_ci95(xs), "values": xs}
 
 
 def summarise(cells: dict[str, dict]) -> dict:
@@ -167,7 +174,7 @@ def summarise(cells: dict[str, dict]) -> dict:
         rs = sorted(rs, key=lambda r: r["cell"]["seed"])
         table[arm] = {"final_gold": interval([r["score"] for r in rs])}
         for k in rs[0]["metrics"]:
-            vals = [r["metrics"][k] for r in rs if math.isfinite(r["metrics"][k])]
+            vals = [v for r in rs if _finite(v := r["metrics"][k])]
             if vals:
                 table[arm][k] = interval(vals)
         n = min(len(r["curve"]) for r in rs)
@@ -188,7 +195,7 @@ def plot(summary: dict, png: Path) -> None:
     for arm, pts in summary["curves"].items():
         x = [p["labels"] for p in pts]
         m = [p["mean"] for p in pts]
-        h = [p["ci95"] if math.isfinite(p["ci95"]) else 0.0 for p in pts]
+        h = [p["ci95"] or 0.0 for p in pts]
         ax.plot(x, m, label=f"{arm} (n={pts[0]['n']})")
         ax.fill_between(x, [a - b for a, b in zip(m, h)], [a + b for a, b in zip(m, h)], alpha=0.2)
     ax.set_xlabel("teacher labels used")
@@ -255,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{cid}: final gold {res['score']:.3f}  cpu {res['metrics']['cpu_s']:.0f} s "
                       f"wall {res['metrics']['wall_s']:.0f} s  load {load0[0]:.1f}", flush=True)  # fmt: skip
             summary = summarise(cells)
-            out.write_text(json.dumps({**header, **summary, "cells": cells}, indent=1))
+            out.write_text(json.dumps(_clean({**header, **summary, "cells": cells}), indent=1))
             plot(summary, out.with_suffix(".png"))
     for arm, row in summary["table"].items():
         fg = row["final_gold"]
-        print(f"{arm:16s} final gold {fg['mean']:.3f} ± {fg['ci95']:.3f} (n={fg['n']})")
+        print(f"{arm:16s} final gold {fg['mean']:.3f} ± {fg['ci95'] or math.nan:.3f} (n={fg['n']})")
     return 0
 
 
