@@ -39,6 +39,11 @@ Reported per objective: the peak of the gold curve (per seed, then mean ± CI), 
 peak, the final gold reward and its drop from the peak, and the proxies' held-out accuracy.
 
     nice -n 5 python benchmarks/overoptimization.py              # resumable: finished parts skip
+    # ablation: member k fine-tunes the reference pretrained with seed k (member 1 is the same
+    # as above, so its single-proxy runs are the main experiment's)
+    nice -n 5 python benchmarks/overoptimization.py --member-trunks pretrain_seeds \
+        --seeds 0 1 2 --objectives mean min uwo --runs-dir runs/bench_overopt_trunks \
+        --out benchmarks/results/overoptimization_pretrain_seeds.json
 
 Writes ``benchmarks/results/overoptimization.json`` (after every finished run) and
 ``overoptimization.png``; runs live under ``--runs-dir``. Results: ``docs/benchmarks.md``.
@@ -52,6 +57,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,8 +107,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 # 2. the proxies
 # ---------------------------------------------------------------------------------------------
-def train_proxies(task, seed_dir: Path, seed: int, args) -> dict:
-    """Labels, K members and their standardization for one seed; skipped when done."""
+def train_proxies(task, seed_dir: Path, seed: int, args, trunks: list[str]) -> dict:
+    """Labels, K members (member k fine-tunes ``trunks[k]``) and their standardization for one
+    seed; skipped when done."""
     done = seed_dir / "proxies.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -118,13 +125,13 @@ def train_proxies(task, seed_dir: Path, seed: int, args) -> dict:
     members = []
     for k in range(args.members):
         cfg = RMTrainConfig(
-            model=str(task.reference.path), train_data=str(seed_dir / "labels.jsonl"),
+            model=trunks[k], train_data=str(seed_dir / "labels.jsonl"),
             eval_data=str(seed_dir / "eval_pairs.jsonl"), lr=args.rm_lr, epochs=args.rm_epochs,
             batch_size=16, schedule="linear", max_length=128, precision="fp32",
             seed=100 * seed + k, output_dir=str(seed_dir / f"rm{k}"),
         )  # fmt: skip
         summary = train_rm(cfg)
-        members.append({"path": summary["outputs"]["model"], "seed": cfg.seed,
+        members.append({"path": summary["outputs"]["model"], "seed": cfg.seed, "trunk": trunks[k],
                         "eval": summary["eval"], "wall_s": summary["wall_s"]})  # fmt: skip
     # standardization on the labelled reference completions
     from unialign.feedback.reward_models import RewardModelJudge
@@ -236,7 +243,7 @@ def run_policy(proxies: dict, objective: str, seed: int, out: Path, args) -> dic
         seed=seed, output_dir=str(out), save_every=0,
     )  # fmt: skip
     judge = ProxyJudge.from_proxies(proxies, objective, args.uwo_coef)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train_lm_online(cfg, judge=judge)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
     if len(judge.calls) != len(rows):
@@ -246,7 +253,8 @@ def run_policy(proxies: dict, objective: str, seed: int, out: Path, args) -> dic
     curve = [{"iteration": r["step"], **{k: r[k] for k in keys}, **c}
              for r, c in zip(rows, judge.calls)]  # fmt: skip
     result = {"objective": objective, "seed": seed, "curve": curve,
-              "wall_s": round(time.perf_counter() - t0, 2), "train_wall_s": summary["wall_s"]}  # fmt: skip
+              "wall_s": round(time.perf_counter() - t0, 2), "train_wall_s": summary["wall_s"],
+              "cpu_s": round(time.process_time() - cpu0, 2)}  # fmt: skip
     for ckpt in (out / "checkpoints", out / "model"):  # the curve is what is kept
         shutil.rmtree(ckpt, ignore_errors=True)
     done.write_text(json.dumps(result))
@@ -352,6 +360,22 @@ def plot(path: Path, summary: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
+def member_trunks(task, args) -> list[str]:
+    """The LM each member fine-tunes: the policy's reference for all (``shared``), or the task's
+    reference pretrained with seed k for member k (``pretrain_seeds``: the pretraining-seed
+    diversity of Eisenstein et al. 2023, arXiv 2312.09244; seed k > 0 also draws its own
+    corpus, fitting table and tokenizer — same words and grammar)."""
+    if args.member_trunks == "shared":
+        return [str(task.reference.path)] * args.members
+    from unialign.tasks import ReferenceConfig, reference_policy
+
+    base = ReferenceConfig.small() if args.task_size == "small" else ReferenceConfig()
+    return [str(task.reference.path)] + [
+        str(reference_policy(replace(base, seed=k), cache_dir=args.cache_dir).path)
+        for k in range(1, args.members)
+    ]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -359,6 +383,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--labels", type=int, default=512, help="N gold-labelled pairs per seed")
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--members", type=int, default=4, help="K reward models per ensemble")
+    ap.add_argument(
+        "--member-trunks",
+        default="shared",
+        choices=["shared", "pretrain_seeds"],
+        help="what each member fine-tunes: the policy's reference (shared) or the "
+        "reference pretrained with seed k (member k)",
+    )
     ap.add_argument("--rm-lr", type=float, default=1e-3)
     ap.add_argument("--rm-epochs", type=float, default=2.0)
     ap.add_argument("--uwo-coef", type=float, default=5.0, help="λ of uwo")
@@ -396,8 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
                   "teacher over the gold reward on reference samples, ties dropped",
         "proxies": {}, "runs": [],
     }  # fmt: skip
+    trunks = member_trunks(task, args)
     for seed in args.seeds:  # proxies first: every objective of a seed shares them
-        record["proxies"][seed] = train_proxies(task, runs_dir / f"seed{seed}", seed, args)
+        record["proxies"][seed] = train_proxies(task, runs_dir / f"seed{seed}", seed, args, trunks)
     for seed in args.seeds:
         for obj in args.objectives:
             run = run_policy(record["proxies"][seed], obj, seed,
@@ -406,7 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
                               if (r["objective"], r["seed"]) != (obj, seed)] + [run]  # fmt: skip
             ref_gold = {s: p["label_gold_mean"] for s, p in record["proxies"].items()}
             record["summary"] = summarize(record["runs"], args.window, ref_gold)
-            record["wall_s"] = round(time.perf_counter() - t0, 1)
+            record["wall_s"] = round(time.perf_counter() - t0, 1)  # this invocation only
+            record["runs_wall_s"] = round(sum(r["wall_s"] for r in record["runs"]), 1)
             out.write_text(json.dumps(record, indent=1))  # partial results as they come
             last = run["curve"][-1]
             print(
