@@ -11,7 +11,8 @@ gradient) many times per variant and compares with ∇G (``unialign.control.apar
 - D: damping λ and CG iterations, α, an over-parameterised actor (exact score gradient);
 - E: curvature — Fisher vs the actor-loss Hessian (exact Q critic, or Q ≈ r);
 - F: an actor that lags θ*; windows that start mid-episode (burn-in);
-- G: the sampled estimator at γ = 0, where the implicit term is most of ∇G.
+- G: the sampled estimator at γ = 0, where the implicit term is most of ∇G;
+- H: segments of 50 steps (the control benchmark's length) instead of 10.
 
 Writes ``benchmarks/results/aparl_diagnosis.json`` (the command line, every variant's fields
 and figures, each problem's exact gradients with their Monte-Carlo errors) after every
@@ -42,7 +43,9 @@ DT = torch.float64
 NU = torch.tensor([0.5, 0.2, 0.0, 1.0, 0.1, 0.4], dtype=DT)  # the current reward estimate
 
 
-def problem(*, gamma: float = 0.99, alpha: float = 0.1, burn_in: int = 0) -> SoftLQ:
+def problem(
+    *, gamma: float = 0.99, alpha: float = 0.1, burn_in: int = 0, horizon: int = 10
+) -> SoftLQ:
     """2-D state, 1-D action; teacher r* = −½(s₁² + ½ s₂² + 0.2 a²); ν ≠ ν* (upper-tri order
     ss₁₁, ss₁₂, sa₁, ss₂₂, sa₂, aa)."""
     return SoftLQ(
@@ -52,7 +55,7 @@ def problem(*, gamma: float = 0.99, alpha: float = 0.1, burn_in: int = 0) -> Sof
         gamma=gamma,
         alpha=alpha,
         true_nu=torch.tensor([1.0, 0.0, 0.0, 0.5, 0.0, 0.2], dtype=DT),
-        horizon=10,
+        horizon=horizon,
         burn_in=burn_in,
     )
 
@@ -64,6 +67,7 @@ PROBLEMS = {
     "gamma0.9": {"gamma": 0.9},
     "alpha0.01": {"alpha": 0.01},
     "burnin20": {"burn_in": 20},
+    "h50": {"horizon": 50},  # the control benchmark's segment length
 }
 
 EX = {"score": "exact", "sample": "on_policy"}  # isolate the solve and the cross term
@@ -100,6 +104,14 @@ def grid(reps: int) -> list[tuple[str, str, V, int]]:
     for n in (2048, 8192):
         v = V(f"on-policy, N={n}", sample="on_policy", pairs=n)
         g.append(("G sampled, γ = 0", "gamma0", v, reps // 4))
+    for v in (
+        V("shipped: replay, no weights"),
+        V("replay + SNIS weights", weights="snis"),
+        V("on-policy", sample="on_policy"),
+    ):
+        g.append(("H segments of 50 steps", "h50", v, reps))
+    v = V("on-policy, N=2048", sample="on_policy", pairs=2048)
+    g.append(("H segments of 50 steps", "h50", v, reps // 4))
     for name in ("gamma0", "gamma0.5", "gamma0.9", "main"):
         for cross in ("one_step", "full_q"):
             g.append(("C cross term", name, V(f"exact score, {cross}", cross=cross, **EX), r_ex))
