@@ -43,21 +43,10 @@ DT = torch.float64
 NU = torch.tensor([0.5, 0.2, 0.0, 1.0, 0.1, 0.4], dtype=DT)  # the current reward estimate
 
 
-def problem(
-    *, gamma: float = 0.99, alpha: float = 0.1, burn_in: int = 0, horizon: int = 10
-) -> SoftLQ:
-    """2-D state, 1-D action; teacher r* = −½(s₁² + ½ s₂² + 0.2 a²); ν ≠ ν* (upper-tri order
-    ss₁₁, ss₁₂, sa₁, ss₂₂, sa₂, aa)."""
-    return SoftLQ(
-        A=torch.tensor([[0.95, 0.2], [0.0, 0.9]], dtype=DT),
-        B=torch.tensor([[0.1], [0.5]], dtype=DT),
-        noise_std=0.3,
-        gamma=gamma,
-        alpha=alpha,
-        true_nu=torch.tensor([1.0, 0.0, 0.0, 0.5, 0.0, 0.2], dtype=DT),
-        horizon=horizon,
-        burn_in=burn_in,
-    )
+def problem(**settings) -> SoftLQ:
+    """``SoftLQ.example``: 2-D state, 1-D action, teacher r* = −½(s₁² + ½ s₂² + 0.2 a²);
+    the current estimate ν ≠ ν* is ``NU``."""
+    return SoftLQ.example(**settings)
 
 
 PROBLEMS = {

@@ -59,16 +59,7 @@ def test_riccati_golden_ratio():
 
 
 def _two_dim(gamma=0.9, burn_in=0):
-    return SoftLQ(
-        A=torch.tensor([[0.95, 0.2], [0.0, 0.9]], dtype=DT),
-        B=torch.tensor([[0.1], [0.5]], dtype=DT),
-        noise_std=0.3,
-        gamma=gamma,
-        alpha=0.1,
-        true_nu=torch.tensor([1.0, 0.0, 0.0, 0.5, 0.0, 0.2], dtype=DT),
-        horizon=5,
-        burn_in=burn_in,
-    )
+    return SoftLQ.example(gamma=gamma, horizon=5, burn_in=burn_in)
 
 
 NU = torch.tensor([0.5, 0.2, 0.0, 1.0, 0.1, 0.4], dtype=DT)
@@ -135,6 +126,15 @@ def test_upper_gradient_matches_finite_differences(burn_in):
     torch.testing.assert_close(auto, fd, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(direct, fd_direct, rtol=1e-6, atol=1e-9)
     assert (auto - direct).norm() > 1e-3 * auto.norm()  # the implicit term is not vacuous
+
+
+def test_example_instance():
+    """The diagnosis instance: M_{ν*} = diag(1, 0.5, 0.2) (r* = −½(s₁² + ½ s₂² + 0.2 a²))."""
+    p = SoftLQ.example()
+    torch.testing.assert_close(
+        p.cost_matrix(p.true_nu), torch.diag(torch.tensor([1.0, 0.5, 0.2], dtype=DT))
+    )
+    assert (p.gamma, p.alpha, p.horizon, p.nu_dim) == (0.99, 0.1, 10, 6)
 
 
 def test_hypergradient_blocks_and_errors():

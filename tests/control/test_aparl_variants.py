@@ -25,15 +25,7 @@ NU = torch.tensor([0.5, 0.2, 0.0, 1.0, 0.1, 0.4], dtype=DT)
 
 
 def _problem(gamma=0.9):
-    return SoftLQ(
-        A=torch.tensor([[0.95, 0.2], [0.0, 0.9]], dtype=DT),
-        B=torch.tensor([[0.1], [0.5]], dtype=DT),
-        noise_std=0.3,
-        gamma=gamma,
-        alpha=0.1,
-        true_nu=torch.tensor([1.0, 0.0, 0.0, 0.5, 0.0, 0.2], dtype=DT),
-        horizon=5,
-    )
+    return SoftLQ.example(gamma=gamma, horizon=5)
 
 
 def _setup(n=12, seed=0):

@@ -100,6 +100,31 @@ class SoftLQ:
     burn_in: int = 0
     beta: float = 1.0
 
+    @classmethod
+    def example(
+        cls,
+        *,
+        gamma: float = 0.99,
+        alpha: float = 0.1,
+        horizon: int = 10,
+        burn_in: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> SoftLQ:
+        """The instance of the diagnosis (``benchmarks/aparl_diagnosis.py``) and its tests:
+        A = [[0.95, 0.2], [0, 0.9]], B = (0.1, 0.5)ᵀ, ω = 0.3, s₀ ∼ N(0, I), teacher
+        r* = −½(s₁² + ½ s₂² + 0.2 a²), i.e. ν* = (1, 0, 0, 0.5, 0, 0.2) in the order
+        (ss₁₁, ss₁₂, sa₁, ss₂₂, sa₂, aa)."""
+        return cls(
+            A=torch.tensor([[0.95, 0.2], [0.0, 0.9]], dtype=dtype),
+            B=torch.tensor([[0.1], [0.5]], dtype=dtype),
+            noise_std=0.3,
+            gamma=gamma,
+            alpha=alpha,
+            true_nu=torch.tensor([1.0, 0.0, 0.0, 0.5, 0.0, 0.2], dtype=dtype),
+            horizon=horizon,
+            burn_in=burn_in,
+        )
+
     @property
     def state_dim(self) -> int:
         return int(self.A.shape[0])

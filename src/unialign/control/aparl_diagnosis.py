@@ -24,7 +24,7 @@ the loss F = −G; it is negated).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -50,6 +50,12 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 #: On-policy pairs behind :func:`exact_score_gradient` in ``score="exact"`` variants.
 EXACT_SCORE_PAIRS = 200_000
+
+
+def _normal_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(x; μ, σ²) summed over the last axis."""
+    z = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
 
 
 class LinearGaussianActor(nn.Module):
@@ -98,15 +104,13 @@ class LinearGaussianActor(nn.Module):
         return mean, self.log_std.expand_as(mean)
 
     def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
-        mean, log_std = self(obs)
-        z = (actions - mean) * torch.exp(-log_std)
-        return (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
+        return _normal_log_prob(actions, *self(obs))
 
     def sample(self, obs: Tensor, *, generator: torch.Generator | None = None):
         mean, log_std = self(obs)
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         a = mean + log_std.exp() * eps
-        return a, (-0.5 * eps.square() - log_std - _HALF_LOG_2PI).sum(-1)
+        return a, _normal_log_prob(a, mean, log_std)
 
 
 class QuadraticReward(nn.Module):
@@ -203,9 +207,7 @@ def _segments(problem: SoftLQ, policies, n: int, gen: torch.Generator):
         o, a = problem.rollout(pol, noise)
         sel = which == j
         obs[sel], act[sel] = o[sel], a[sel]
-        std = pol.log_std.exp()
-        z = (a - o @ pol.gain.T - pol.bias) / std
-        logb[sel] = (-0.5 * z.square() - pol.log_std - _HALF_LOG_2PI).sum((-1, -2))[sel]
+        logb[sel] = _normal_log_prob(a, o @ pol.gain.T + pol.bias, pol.log_std).sum(-1)[sel]
     seg = SegmentBatch(obs, act, torch.zeros(n, problem.horizon, dtype=obs.dtype), torch.arange(n))
     return seg, logb
 
@@ -234,9 +236,18 @@ def estimator_draws(
         "fisher": None,
     }[variant.curvature]
     q_nu_fn = (lambda o, a: problem.soft_q(model.nu, o, a)) if variant.cross == "full_q" else None
-    direct, implicit, residual = [], [], []
+    solve = {
+        "critic_fn": critic,
+        "alpha": problem.alpha,
+        "cg_iters": variant.cg_iters,
+        "damping": variant.damping,
+        "cg_tol": 1e-12,
+        "curvature": "fisher" if variant.curvature == "fisher" else "hessian",
+        "q_nu_fn": q_nu_fn,
+    }
     if variant.score == "exact":
         g_exact = exact_score_gradient(problem, nu, actor, pairs=EXACT_SCORE_PAIRS, seed=seed)
+    direct, implicit, residual = [], [], []
     for _ in range(replicates):
         seg1, logb1 = _segments(problem, behaviour, variant.pairs, gen)
         seg2, logb2 = _segments(problem, behaviour, variant.pairs, gen)
@@ -256,52 +267,30 @@ def estimator_draws(
                 self_normalise=variant.weights != "is",
                 clip=10.0 if variant.weights == "snis_clip" else None,
             )
-        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))  # actor.sample
-        if variant.score == "exact":
-            imp, sol = implicit_correction(
-                model,
-                actor,
-                g_exact,
-                obs_for_lower=states,
-                critic_fn=critic,
-                alpha=problem.alpha,
-                cg_iters=variant.cg_iters,
-                damping=variant.damping,
-                cg_tol=1e-12,
-                curvature="fisher" if variant.curvature == "fisher" else "hessian",
-                q_nu_fn=q_nu_fn,
-            )
-            bt, _ = aparl_reward_gradient(
-                model, actor, seg1, seg2, labels, obs_for_lower=states, alpha=problem.alpha,
-                correction_weight=0.0,
-            )  # fmt: skip
-            direct.append(-bt[0])
-            implicit.append(-imp[0])
-            residual.append(sol.residual)
-            continue
-        total, metrics = aparl_reward_gradient(
+        # PEBBLE's term (correction_weight 0 returns before drawing any noise)
+        bt, _ = aparl_reward_gradient(
             model,
             actor,
             seg1,
             seg2,
             labels,
             obs_for_lower=states,
-            critic_fn=critic,
             alpha=problem.alpha,
-            cg_iters=variant.cg_iters,
-            damping=variant.damping,
-            cg_tol=1e-12,
-            curvature="fisher" if variant.curvature == "fisher" else "hessian",
-            pair_weights=weights,
-            q_nu_fn=q_nu_fn,
-        )
-        bt, _ = aparl_reward_gradient(
-            model, actor, seg1, seg2, labels, obs_for_lower=states, alpha=problem.alpha,
             correction_weight=0.0,
-        )  # fmt: skip
+        )
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))  # actor.sample
+        if variant.score == "exact":
+            imp, sol = implicit_correction(model, actor, g_exact, obs_for_lower=states, **solve)
+            correction, res = imp[0], sol.residual
+        else:
+            total, metrics = aparl_reward_gradient(
+                model, actor, seg1, seg2, labels, obs_for_lower=states, pair_weights=weights,
+                **solve,
+            )  # fmt: skip
+            correction, res = total[0] - bt[0], metrics["aparl/cg_residual"]
         direct.append(-bt[0])
-        implicit.append(-(total[0] - bt[0]))
-        residual.append(metrics["aparl/cg_residual"])
+        implicit.append(-correction)
+        residual.append(res)
     return {
         "direct": torch.stack(direct),
         "implicit": torch.stack(implicit),
@@ -350,8 +339,3 @@ def summarise(draws: dict[str, Tensor], exact: HypergradientEstimate) -> dict[st
         "cg_residual": float(draws["cg_residual"].median()),
     }
     return out
-
-
-def variant_record(variant: EstimatorVariant) -> dict:
-    """The variant's fields, for the results file."""
-    return asdict(variant)
