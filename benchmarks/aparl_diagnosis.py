@@ -20,6 +20,12 @@ variant, so an interrupted run resumes with ``--resume``; and a PNG of sections 
 
     python benchmarks/aparl_diagnosis.py                 # ≈ 10 CPU-minutes, 1 thread
     python benchmarks/aparl_diagnosis.py --quick         # smoke test, ≈ 1 minute
+
+``--pendulum SEED ...`` instead runs ``algo: aparl`` on Pendulum-v1 with the control benchmark's
+CPU-tier budget (``unialign.control.demo.PENDULUM_BUDGET``, today's A-PARL defaults) and
+writes the logged ``aparl/*`` diagnostics (size of the correction against PEBBLE's gradient,
+their cosine, CG residual, SAC's α) to ``aparl_diagnosis_pendulum.json``: what the estimator
+does in the loop, where the exact term is unknown. ≈ 3 CPU-minutes a seed.
 """
 
 from __future__ import annotations
@@ -140,7 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="keep variants already in --out")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/aparl_diagnosis.json")
+    p.add_argument("--pendulum", type=int, nargs="*", metavar="SEED", help="see the docstring")
+    p.add_argument("--runs-dir", default="runs/aparl_diagnosis_pendulum")
     args = p.parse_args(argv)
+    if args.pendulum:
+        return pendulum(args, argv)
     if args.quick:
         args.reps, args.exact_pairs = 8, 20_000
     torch.set_num_threads(args.threads)
@@ -206,6 +216,54 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(result, indent=1))
     plot(result, out.with_suffix(".png"))
     table(result)
+
+
+def pendulum(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Run (or reuse finished) A-PARL Pendulum-v1 runs and collect their aparl/* metrics."""
+    import numpy as np
+
+    from unialign.control.config import ControlConfig
+    from unialign.control.demo import PENDULUM_BUDGET
+    from unialign.control.report import read_metrics
+    from unialign.control.train import train_control
+
+    torch.set_num_threads(args.threads)
+    keys = ("correction_norm", "bt_grad_norm", "cosine", "cg_residual", "negative_curvature")
+    out = {
+        "command": "python "
+        + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "budget": PENDULUM_BUDGET,
+        "runs": {},
+    }
+    for seed in args.pendulum:
+        run = Path(args.runs_dir) / f"s{seed}"
+        if not (run / "summary.json").exists():
+            cfg = ControlConfig(
+                env="Pendulum-v1", algo="aparl", seed=seed, output_dir=str(run),
+                progress=False, eval_episodes=5, log_every=250, **PENDULUM_BUDGET,
+            )  # fmt: skip
+            train_control(cfg)
+        rows = [m for m in read_metrics(run / "metrics.jsonl") if "aparl/correction_norm" in m]
+        seen, points = set(), []
+        for m in rows:  # the metrics of one fit repeat until the next: keep each fit once
+            sig = tuple(m[f"aparl/{k}"] for k in keys)
+            if sig not in seen:
+                seen.add(sig)
+                points.append({"step": m.get("step"), "sac/alpha": m.get("sac/alpha"),
+                               **{k: m[f"aparl/{k}"] for k in keys}})  # fmt: skip
+        ratio = [p["correction_norm"] / max(p["bt_grad_norm"], 1e-12) for p in points]
+        out["runs"][str(seed)] = {
+            "summary": json.loads((run / "summary.json").read_text()),
+            "fits": points,
+            "correction_over_bt_median": float(np.median(ratio)),
+            "correction_over_bt_range": [float(min(ratio)), float(max(ratio))],
+            "cosine_range": [min(p["cosine"] for p in points), max(p["cosine"] for p in points)],
+            "cg_residual_median": float(np.median([p["cg_residual"] for p in points])),
+        }
+        print(seed, {k: v for k, v in out["runs"][str(seed)].items() if k != "fits"})
+    path = Path(args.out).with_name("aparl_diagnosis_pendulum.json")
+    path.write_text(json.dumps(out, indent=1))
 
 
 def table(result: dict) -> None:
