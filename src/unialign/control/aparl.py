@@ -23,6 +23,11 @@ validation: ``docs/aparl.md``. In short:
   (critic from ``critic_fn``, else Q ≈ r_ν), which is indefinite away from the optimum, where
   CG stops on negative curvature (measured in ``docs/aparl.md``).
 - Inverse: damped conjugate gradient, (H + λI)⁻¹ g_θ, on curvature-vector products.
+- Variants (measured against an exact hypergradient in ``docs/aparl.md``, "Diagnosis"):
+  ``pair_weights`` weights the score term's pairs (importance ratios of replay segments,
+  :func:`importance_weights`); ``q_nu_fn`` replaces the one-step cross term by a full Q_ν;
+  :func:`implicit_correction` is the solve and cross term alone, for a given g_θ. There, the
+  score term's off-policy bias and variance dominate the estimate at the loop's batch sizes.
 
 Cost per call: reward-model forward/backward on the 2·N·H segment steps (the BT gradient, as
 PEBBLE); an actor forward on those steps and one backward (g_θ); an actor sample on the B
