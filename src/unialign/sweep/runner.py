@@ -49,15 +49,20 @@ class SweepOutcome:
 
 def execute_cell(spec: str, cell: Cell, out_dir: str, cpus: float, cwd: str) -> dict:
     """Run one cell where it lands (a Ray worker or this process) and return either
-    ``{"ok": result, "seconds": s, "host": h}`` or ``{"error": traceback, ...}``."""
+    ``{"ok": result, "seconds": s, "host": h}`` or ``{"error": traceback, ...}``.
+
+    Torch gets ``int(cpus)`` threads (at least 1) for the cell; the process's previous setting
+    is restored afterwards, so a serial sweep leaves its caller as it was."""
     if cwd not in sys.path:  # `package.module:fn` experiments import as from the driver's cwd
         sys.path.insert(0, cwd)
     threads = max(1, int(cpus))
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch on import
+    old_env = os.environ.get("OMP_NUM_THREADS")
+    old_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when the cell imports it
     t0 = time.perf_counter()
     try:
         fn = load_experiment(spec)
-        if "torch" in sys.modules:  # already imported (a reused worker): set it directly
+        if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         path = Path(out_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -66,6 +71,13 @@ def execute_cell(spec: str, cell: Cell, out_dir: str, cpus: float, cwd: str) -> 
         out = {"ok": result}
     except Exception:
         out = {"error": traceback.format_exc()}
+    finally:
+        if old_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_env
+        if old_threads is not None:
+            sys.modules["torch"].set_num_threads(old_threads)
     return out | {"seconds": round(time.perf_counter() - t0, 3), "host": socket.gethostname()}
 
 
@@ -113,7 +125,7 @@ class _Recorder:
             (cell_dir / "error.txt").write_text(outcome["error"])
             last = outcome["error"].strip().splitlines()[-1]
             self.failed[cell.cell_id] = last
-            self.console.print(
+            self.progress.console.print(  # above the live progress bar
                 f"[red]cell {cell.cell_id} failed[/red]: {last} (traceback: {cell_dir}/error.txt)"
             )
         self.progress.update(self.task, advance=1, failed=len(self.failed))
@@ -154,6 +166,26 @@ def _run_ray(cfg: SweepConfig, todo: list[Cell], rec: _Recorder) -> None:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> float:
+    """Connect to the cluster at ``address``, or start a local instance; returns the seconds."""
+    import ray
+
+    t0 = time.perf_counter()
+    kwargs = dict(log_to_driver=False, logging_level="WARNING")
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:  # "local": a fresh instance even when RAY_ADDRESS is set or `ray start` ran on
+            # this machine (--address auto connects to that one)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    except ConnectionError as e:
+        raise ValueError(
+            f"ray: could not connect to a Ray cluster at {address!r} ({e}); start one with "
+            "`ray start --head` there, or check ray.address / --address"
+        ) from None
+    return round(time.perf_counter() - t0, 2)
 
 
 def run_sweep(
@@ -198,16 +230,10 @@ def run_sweep(
                 import ray
 
                 if not ray.is_initialized():
-                    t_init = time.perf_counter()
-                    address = address or cfg.ray.address
-                    kwargs = dict(log_to_driver=False, logging_level="WARNING")
-                    if address:
-                        ray.init(address=address, **kwargs)
-                    else:
-                        num_cpus = num_cpus or cfg.ray.num_cpus
-                        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+                    outcome.ray_start_s = _start_ray(
+                        address or cfg.ray.address, num_cpus or cfg.ray.num_cpus
+                    )
                     started_ray = True
-                    outcome.ray_start_s = round(time.perf_counter() - t_init, 2)
                 _run_ray(cfg, todo, rec)
     except KeyboardInterrupt:
         outcome.interrupted = True
