@@ -40,3 +40,14 @@ def test_normalize_and_first_reach():
     x, aux = first_reach(curve, {"q": [[0, 0], [15, 7], [25, 9]]}, 0.0, 10.0, 0.9)
     assert x == 20 and aux == {"q": 7}
     assert first_reach(curve, {"q": [[0, 0]]}, 0.0, 100.0, 0.9) == (None, {"q": None})
+
+
+def test_mean_curve_interpolates_onto_the_common_range():
+    """Curves (0,1),(10,3) and (5,0),(10,2),(20,4) share x ∈ [5, 10]: at 5 the first is 2
+    (halfway from 1 to 3), the second 0 → mean 1, s.d. 1 (population); at 10: 3 and 2 → 2.5,
+    0.5. Disjoint curves share nothing."""
+    from unialign.sweep.report import _mean_curve
+
+    xs, mean, sd = _mean_curve([[(0, 1), (10, 3)], [(5, 0), (10, 2), (20, 4)]])
+    assert xs.tolist() == [5, 10] and mean.tolist() == [1, 2.5] and sd.tolist() == [1, 0.5]
+    assert len(_mean_curve([[(0, 1), (1, 3)], [(5, 0), (10, 2)]])[0]) == 0

@@ -216,6 +216,8 @@ def _mean_curve(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     start = max(c[0][0] for c in curves)
     stop = min(c[-1][0] for c in curves)
     xs = np.array(sorted({x for c in curves for x, _ in c if start <= x <= stop}), dtype=float)
+    if not len(xs):
+        return xs, xs, xs
     ys = np.array([np.interp(xs, [p[0] for p in c], [p[1] for p in c]) for c in curves])
     return xs, ys.mean(0), ys.std(0)
 
@@ -237,6 +239,8 @@ def draw_task_curves(ax, table: dict, results: list[dict], task: str) -> None:
             normalised = True
             curves = [[(x, normalize(y, row["low"], row["high"])) for x, y in c] for c in curves]
         xs, mean, sd = _mean_curve(curves)
+        if not len(xs):  # the curves share no x range
+            continue
         label = row["method"] + "".join(f" {k}={v}" for k, v in row["grid"].items())
         ax.plot(xs, mean, label=f"{label} (n={len(rs)})")
         ax.fill_between(xs, mean - sd, mean + sd, alpha=0.2)

@@ -106,8 +106,8 @@ def _load_finished(out: Path, cells: list[Cell]) -> dict[str, dict]:
 class _Recorder:
     """Writes each outcome as it arrives and advances the progress bar."""
 
-    def __init__(self, out: Path, progress, task, console) -> None:
-        self.out, self.progress, self.task, self.console = out, progress, task, console
+    def __init__(self, out: Path, progress, task) -> None:
+        self.out, self.progress, self.task = out, progress, task
         self.results: dict[str, dict] = {}
         self.failed: dict[str, str] = {}
 
@@ -220,7 +220,7 @@ def run_sweep(
         f"sweep {cfg.name}", enabled=show and bool(todo), fields="failed {task.fields[failed]}"
     )
     bar = progress.add_task("cells", total=len(cells), completed=len(done), failed=0)
-    rec = _Recorder(out, progress, bar, console)
+    rec = _Recorder(out, progress, bar)
     started_ray = False
     try:
         with progress:
