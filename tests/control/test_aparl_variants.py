@@ -201,3 +201,27 @@ def test_config_curvature_reaches_the_learner():
     assert not torch.allclose(_fit("fisher"), _fit("hessian"))
     with pytest.raises(ValidationError, match="aparl_curvature"):
         ControlConfig(aparl_curvature="gauss-newton")
+
+
+@pytest.mark.slow
+def test_diagnosis_benchmark_quick(tmp_path):
+    """``benchmarks/aparl_diagnosis.py --quick`` writes every section's variants with the
+    figures docs/aparl.md quotes, the exact gradients with their errors, and the PNG."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "aparl_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("aparl_diagnosis_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "d.json"
+    bench.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {r["section"][0] for r in result["variants"]} == set("ABCDEFGH")
+    assert len(result["variants"]) == len(bench.grid(8))
+    row = result["variants"][0]
+    for key in ("implicit_bias", "implicit_bias_mc", "implicit_std", "aparl_rmse", "pebble_rmse"):
+        assert row[key] >= 0
+    assert set(result["problems"]) == set(bench.PROBLEMS)
+    assert out.with_suffix(".png").exists()
