@@ -243,13 +243,15 @@ class RewardRefit:
         self.f1 = torch.cat([self.f1, feats[pick[:, 0]]])
         self.f2 = torch.cat([self.f2, feats[pick[:, 1]]])
         self.labels = torch.cat([self.labels, lab])
+        m["refit/labels_used"] = float(self.labels_used)
+        if not len(self.labels):  # every label so far skipped by the teacher: nothing to fit
+            return m
         scores = None
         if self.cfg.correction == "aparl" and len(pick):
             scores = _score_vectors(policy, gens, temperature=temperature, **logps_kw)
         m.update(self._fit(feats, pick, lab, scores, torch.tensor(gens.prompt_index)))
         with torch.no_grad():
             m["refit/gold_corr_after"] = _corr(self.reward(feats).double().cpu(), gold)
-        m["refit/labels_used"] = float(self.labels_used)
         return m
 
     def _fit(self, feats, pick, lab, scores, groups) -> dict[str, float]:
