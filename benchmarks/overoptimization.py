@@ -245,6 +245,8 @@ def run_policy(proxies: dict, objective: str, seed: int, out: Path, args) -> dic
     judge = ProxyJudge.from_proxies(proxies, objective, args.uwo_coef)
     t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train_lm_online(cfg, judge=judge)
+    if summary["interrupted"]:  # Ctrl-C or SIGTERM: not a finished run, redone next time
+        raise SystemExit(f"interrupted during {out}; run the same command again to go on")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
     if len(judge.calls) != len(rows):
         raise RuntimeError(f"{out}: {len(judge.calls)} judge calls for {len(rows)} iterations")
