@@ -15,12 +15,14 @@ What lives here, so that both scripts measure the same way:
   from one peer to the next), the peers' order reversed every other repeat
   (:func:`interleave`), and the medians, min–max spreads and ratios over the baseline peer,
   of the medians and per repeat (:func:`summarize`);
-- the report's header: command, date, machine, load averages, package versions
-  (:func:`report_header`).
+- the worker's frame (:func:`run_worker`, :func:`mark_unialign_iteration`), the common
+  options and their checks (:func:`base_parser`, :func:`check_args`), and the report's
+  header: command, date, machine, load averages, package versions (:func:`report_header`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -207,12 +209,30 @@ class Marks:
         return out
 
 
-def finish_worker(res: dict) -> dict:
-    """Add the worker process's peak RSS (and peak GPU memory on CUDA) to its result."""
+def mark_unialign_iteration(marks: Marks, rec: Any, **counts: int) -> None:
+    """Stamp the end of one iteration of unialign's loop from its ``IterationRecord``: phase
+    seconds from its metrics, generated tokens, and the non-pad prompt + completion tokens of
+    the samples its examples use (``counts``: the peer's own counters)."""
+    g, m = rec.generations, rec.metrics
+    used = rec.examples.samples()
+    marks.pending.update(
+        gen_s=m["time/generation_s"], judge_s=m["time/judge_s"], gen_tokens=g.completion_tokens,
+        update_tokens=sum(len(g.prompt_ids[i]) + len(g.completion_ids[i]) for i in used),
+    )  # fmt: skip
+    marks.end_iteration(**counts, step=int(m["lm/optimizer_steps"]))
+
+
+def run_worker(job: dict, trl: Callable[[dict], dict], unialign: Callable[[dict], dict]) -> dict:
+    """One measured run in this (fresh) process: ``trl(job)`` for the peer ``trl``, else
+    ``unialign(job)``, on ``job["threads"]`` torch threads; then the process's peak RSS (and
+    peak GPU memory on CUDA)."""
     import resource
 
     import torch
 
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    res = trl(job) if job["peer"] == "trl" else unialign(job)
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         res["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -298,6 +318,47 @@ def summarize(
             equivalence[peer]["optimizer_steps"] = sorted({x["optimizer_steps"] for x in rs})
     return {"medians": medians, "ratios_over_trl": ratios, "paired_ratios_over_trl": paired,
             "equivalence": equivalence}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# the command line
+# ------------------------------------------------------------------------------------------
+def base_parser(description: str, peers: dict[str, str], default_peers: str,
+                iterations: int | None, warmup: int | None) -> argparse.ArgumentParser:  # fmt: skip
+    """The options both benchmarks take (``iterations`` / ``warmup`` None: the size's)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--tier", choices=sorted(TIERS), default="cpu")
+    ap.add_argument("--sizes", default=None, help="comma list of sizes (default: the tier's)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per peer, alternating order")
+    ap.add_argument("--iterations", type=int, default=iterations,
+                    help="timed iterations per run" + (" (default: the size's)"
+                                                       if iterations is None else ""))  # fmt: skip
+    ap.add_argument("--warmup", type=int, default=warmup,
+                    help="untimed iterations first, >= 1" + (" (default: the size's)"
+                                                             if warmup is None else ""))  # fmt: skip
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per peer (CPU)")
+    ap.add_argument("--peers", default=default_peers,
+                    help=f"comma list of {', '.join(peers)} (trl is the baseline)")  # fmt: skip
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    ap.add_argument("--out", default=None, help="output JSON path")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    return ap
+
+
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace, sizes: dict,
+               peers: dict, cuda: bool) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Validate the common options (``ap.error`` names the flag); the sizes and peers to run."""
+    if any(v is not None and v < 1 for v in (args.warmup, args.iterations)) or args.repeats < 1:
+        ap.error("--warmup, --iterations and --repeats must be >= 1")
+    if args.tier == "gpu" and not cuda:
+        ap.error("the gpu tier needs CUDA (none here); the CPU tier is --tier cpu")
+    chosen = (args.sizes or ",".join(TIERS[args.tier])).split(",")
+    if unknown := [s for s in chosen if s not in sizes]:
+        ap.error(f"--sizes: unknown {unknown}; valid: {', '.join(sizes)}")
+    runs = args.peers.split(",")
+    if "trl" not in runs or set(runs) - set(peers):
+        ap.error(f"--peers: a comma list of {', '.join(peers)} that includes trl")
+    return chosen, runs
 
 
 # ------------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ for ``unialign`` (defaults). Torch runs ``--threads`` threads (default 1) in eve
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -62,14 +61,16 @@ from _lm_bench import (  # noqa: E402
     MODELS,
     ROOT,
     TARGET_RATIO,
-    TIERS,
     Marks,
-    finish_worker,
+    base_parser,
+    check_args,
     interleave,
+    mark_unialign_iteration,
     prepare,
     report_header,
     reward_fn,
     rss_mib,
+    run_worker,
     spawn,
     summarize,
     sync,
@@ -181,15 +182,8 @@ def run_unialign(job: dict) -> dict:
     rewards: list[float] = []
 
     def on_iteration(rec) -> None:
-        g, m = rec.generations, rec.metrics
-        used = rec.examples.samples()
-        marks.pending.update(
-            gen_s=m["time/generation_s"], judge_s=m["time/judge_s"],
-            gen_tokens=g.completion_tokens,
-            update_tokens=sum(len(g.prompt_ids[i]) + len(g.completion_ids[i]) for i in used),
-        )  # fmt: skip
-        marks.end_iteration(pairs=len(rec.examples), prompts=len(rec.prompts),
-                            step=int(m["lm/optimizer_steps"]))  # fmt: skip
+        mark_unialign_iteration(marks, rec, pairs=len(rec.examples), prompts=len(rec.prompts))
+        m = rec.metrics
         if rec.iteration > warm:
             rewards.append(m["judge/score"])
         if "loss/total" in m and not loss1:
@@ -204,14 +198,6 @@ def run_unialign(job: dict) -> dict:
     res.update(optimizer_steps=marks.iters[-1]["step"], rss_after_imports_mib=rss_imports,
                step1_loss=loss1[0] if loss1 else None, completed=summary["iterations"])  # fmt: skip
     return res
-
-
-def worker(job: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    torch.manual_seed(0)
-    return finish_worker(run_trl(job) if job["peer"] == "trl" else run_unialign(job))
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,39 +257,17 @@ def compare_size(name: str, args, cuda: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tier", choices=sorted(TIERS), default="cpu")
-    ap.add_argument("--sizes", default=None, help="comma list of sizes (default: the tier's)")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per peer, alternating order")
-    ap.add_argument("--iterations", type=int, default=20, help="timed iterations per run")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (>= 1)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per peer (CPU)")
-    ap.add_argument(
-        "--peers",
-        default="trl,unialign,unialign_rows",
-        help=f"comma list of {', '.join(PEERS)} (trl is the baseline)",
-    )
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
-    ap.add_argument("--out", default=None, help="output JSON path")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap = base_parser(__doc__.split("\n\n")[0], PEERS, "trl,unialign,unialign_rows", 20, 3)
     args = ap.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        result = run_worker(json.loads(args.worker), run_trl, run_unialign)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     import torch
 
     cuda = torch.cuda.is_available()
-    if args.warmup < 1 or args.iterations < 1 or args.repeats < 1:
-        ap.error("--warmup, --iterations and --repeats must be >= 1")
-    if args.tier == "gpu" and not cuda:
-        ap.error("the gpu tier needs CUDA (none here); the CPU tier is --tier cpu")
-    sizes = (args.sizes or ",".join(TIERS[args.tier])).split(",")
-    unknown = [s for s in sizes if s not in SIZES]
-    if unknown:
-        ap.error(f"unknown sizes {unknown}; valid: {', '.join(SIZES)}")
-    if "trl" not in args.peers.split(",") or set(args.peers.split(",")) - set(PEERS):
-        ap.error(f"--peers: a comma list of {', '.join(PEERS)} that includes trl")
+    sizes, _ = check_args(ap, args, SIZES, PEERS, cuda)
     out_path = Path(args.out or ROOT / "benchmarks/results/lm_online_throughput.json")
 
     load_start = os.getloadavg()

@@ -61,7 +61,6 @@ report is rewritten after every size × method (``"partial": true`` until the en
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -75,14 +74,16 @@ from _lm_bench import (  # noqa: E402
     MODELS,
     ROOT,
     TARGET_RATIO,
-    TIERS,
     Marks,
-    finish_worker,
+    base_parser,
+    check_args,
     interleave,
+    mark_unialign_iteration,
     prepare,
     report_header,
     reward_fn,
     rss_mib,
+    run_worker,
     spawn,
     summarize,
     sync,
@@ -230,15 +231,9 @@ def run_unialign(job: dict) -> dict:
     reference: list[bool] = []
 
     def on_iteration(rec) -> None:
-        g, m = rec.generations, rec.metrics
-        used = rec.examples.samples()
-        marks.pending.update(
-            gen_s=m["time/generation_s"], judge_s=m["time/judge_s"],
-            gen_tokens=g.completion_tokens,
-            update_tokens=sum(len(g.prompt_ids[i]) + len(g.completion_ids[i]) for i in used),
-        )  # fmt: skip
-        marks.end_iteration(completions=len(used), prompts=len(rec.prompts),
-                            step=int(m["lm/optimizer_steps"]))  # fmt: skip
+        mark_unialign_iteration(marks, rec, completions=len(rec.examples.samples()),
+                                prompts=len(rec.prompts))  # fmt: skip
+        m = rec.metrics
         if rec.iteration > warm:
             rewards.append(m["judge/score"])
         reference.append(bool(torch.isfinite(rec.reference).any()))
@@ -252,14 +247,6 @@ def run_unialign(job: dict) -> dict:
     res.update(optimizer_steps=marks.iters[-1]["step"], rss_after_imports_mib=rss_imports,
                reference_model=all(reference), completed=summary["iterations"])  # fmt: skip
     return res
-
-
-def worker(job: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    torch.manual_seed(0)
-    return finish_worker(run_trl(job) if job["peer"] == "trl" else run_unialign(job))
 
 
 # ------------------------------------------------------------------------------------------
@@ -300,42 +287,21 @@ def compare(name: str, method: str, setup: dict, args, cuda: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tier", choices=sorted(TIERS), default="cpu")
-    ap.add_argument("--sizes", default=None, help="comma list of sizes (default: the tier's)")
+    ap = base_parser(__doc__.split("\n\n")[0], PEERS, "trl,unialign", None, None)
     ap.add_argument("--methods", default="grpo,rloo", help="comma list of grpo, rloo")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per peer, alternating order")
-    ap.add_argument("--iterations", type=int, default=None,
-                    help="timed iterations per run (default: the size's)")  # fmt: skip
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed iterations first, >= 1 (default: the size's)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per peer (CPU)")
-    ap.add_argument("--peers", default="trl,unialign",
-                    help=f"comma list of {', '.join(PEERS)} (trl is the baseline)")  # fmt: skip
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
-    ap.add_argument("--out", default=None, help="output JSON path")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        result = run_worker(json.loads(args.worker), run_trl, run_unialign)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     import torch
 
     cuda = torch.cuda.is_available()
-    if any(v is not None and v < 1 for v in (args.warmup, args.iterations)) or args.repeats < 1:
-        ap.error("--warmup, --iterations and --repeats must be >= 1")
-    if args.tier == "gpu" and not cuda:
-        ap.error("the gpu tier needs CUDA (none here); the CPU tier is --tier cpu")
-    sizes = (args.sizes or ",".join(TIERS[args.tier])).split(",")
-    if unknown := [s for s in sizes if s not in SIZES]:
-        ap.error(f"--sizes: unknown {unknown}; valid: {', '.join(SIZES)}")
+    sizes, _ = check_args(ap, args, SIZES, PEERS, cuda)
     methods = args.methods.split(",")
     if unknown := [m for m in methods if m not in METHODS]:
         ap.error(f"--methods: unknown {unknown}; valid: {', '.join(METHODS)}")
-    peers = args.peers.split(",")
-    if "trl" not in peers or set(peers) - set(PEERS):
-        ap.error(f"--peers: a comma list of {', '.join(PEERS)} that includes trl")
     out_path = Path(args.out or ROOT / "benchmarks/results/lm_rl_throughput.json")
 
     load_start = os.getloadavg()
