@@ -33,12 +33,19 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from unialign.bilevel.hypergrad import cross_vjp, grad_or_zeros, inverse_hvp
+from unialign.bilevel.hypergrad import (
+    cross_vjp,
+    grad_or_zeros,
+    hvp,
+    inverse_hvp,
+    list_norm,
+)
 
 __all__ = [
     "BlendedReward",
     "HypergradResult",
     "barfi_hypergradient",
+    "dominant_curvature",
     "discount_logit",
     "discounted_returns",
     "reinforce_entropy_objective",
@@ -175,6 +182,28 @@ class HypergradResult(NamedTuple):
     products: int
 
 
+def dominant_curvature(
+    grads_theta: Sequence[Tensor], theta: Sequence[Tensor], *, iters: int = 10, seed: int = 0
+) -> float:
+    """|μ|_max of H = ∇²_θθ L by power iteration: v ← Hv/‖Hv‖, returning ‖Hv‖ for unit v.
+
+    ``grads_theta`` is ∇_θ L with ``create_graph=True``. The start vector is drawn from its own
+    generator (``seed``), so the global random state is untouched. The estimate approaches the
+    largest |μ| from below, at a rate set by the ratio of the two largest |μ|; ``iters``
+    Hessian-vector products.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in theta]
+    mu = 0.0
+    for _ in range(iters):
+        n = list_norm(v)
+        if n == 0.0:
+            return 0.0
+        hv = hvp(grads_theta, theta, [x / n for x in v])
+        mu, v = list_norm(hv), hv
+    return mu
+
+
 def barfi_hypergradient(
     inner_objective: Callable[[], Tensor],
     outer_grad_theta: Sequence[Tensor],
@@ -183,9 +212,10 @@ def barfi_hypergradient(
     *,
     variant: Variant = "neumann",
     neumann_terms: int = 10,
-    neumann_alpha: float = 1.0,
+    neumann_alpha: float | None = 1.0,
     damping: float = 0.0,
     first_order_scale: float = 1.0,
+    power_iters: int = 10,
 ) -> HypergradResult:
     """dJ_p/dφ ≈ −(∇²_φθ L) H⁻¹ ∇_θ J_p with L = −J_φ (see the module docstring).
 
@@ -199,13 +229,23 @@ def barfi_hypergradient(
             or ``"first_order"`` (H⁻¹ ≈ η I, η = ``first_order_scale``).
         neumann_alpha: α; the series converges when 0 < α·μ < 2 for every eigenvalue μ of
             H + λI, so H must be positive definite there (raise ``damping`` λ otherwise).
+            ``None``: α = 1/(|μ|_max + λ) from ``power_iters`` steps of
+            :func:`dominant_curvature` on this batch, so that α·|μ| ≤ 1 for every eigenvalue
+            (up to the power iteration's error): a negative-curvature direction then grows at
+            most like 2^K instead of without bound.
 
-    Cost: one ``create_graph`` backward for ∇_θ L, K Hessian-vector products (none for
-    first-order) and one backward to φ for the cross term.
+    Cost: one ``create_graph`` backward for ∇_θ L, K Hessian-vector products (plus
+    ``power_iters`` when α is chosen automatically; none for first-order) and one backward to
+    φ for the cross term.
     """
     theta, phi = list(theta), list(phi)
     grads = grad_or_zeros(-inner_objective(), theta, create_graph=True, retain_graph=True)
     if variant == "neumann":
+        extra = 0
+        if neumann_alpha is None:
+            mu = dominant_curvature(grads, theta, iters=power_iters)
+            neumann_alpha = 1.0 / (mu + damping) if mu + damping > 0 else 1.0
+            extra = power_iters
         sol = inverse_hvp(
             grads,
             theta,
@@ -215,7 +255,7 @@ def barfi_hypergradient(
             damping=damping,
             neumann_alpha=neumann_alpha,
         )
-        x, residual, products = sol.x, sol.residual, sol.iters
+        x, residual, products = sol.x, sol.residual, sol.iters + extra
     elif variant == "first_order":
         x = [first_order_scale * g.detach() for g in outer_grad_theta]
         residual, products = math.nan, 0

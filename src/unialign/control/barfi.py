@@ -86,7 +86,12 @@ class BarfiConfig(BaseModel):
     outer_lr: float = Field(1e-2, gt=0, description="Adam step size of the blend φ")
     outer_every: int = Field(1, ge=1, description="iterations between outer updates")
     neumann_terms: int = Field(5, ge=1, description="Neumann series terms K")
-    neumann_alpha: float = Field(0.1, gt=0, description="Neumann step α")
+    neumann_alpha: float | None = Field(
+        0.1, gt=0, description="Neumann step α; None: 1/|μ|_max of the batch's inner Hessian"
+    )
+    power_iters: int = Field(
+        10, ge=1, description="power iterations for |μ|_max when neumann_alpha is None"
+    )
     neumann_damping: float = Field(0.0, ge=0, description="λ added to the inner Hessian")
     first_order_scale: float | None = Field(
         None, gt=0, description="first-order H⁻¹ ≈ η I; None uses policy_lr"
@@ -132,6 +137,7 @@ def _outer_step(cfg, policy, blend, opt_phi, batch, aux) -> dict[str, float]:
         neumann_alpha=cfg.neumann_alpha,
         damping=cfg.neumann_damping,
         first_order_scale=cfg.first_order_scale or cfg.policy_lr,
+        power_iters=cfg.power_iters,
     )
     opt_phi.zero_grad()
     for p, hg in zip(phi, res.grads, strict=True):
