@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,7 +55,9 @@ def compare(table: dict, results: list[dict]) -> dict:
         diff = mean_ci95([by[(APARL, s)] - by[(PEBBLE, s)] for s in seeds])
         if diff["mean"] is None:
             verdict = "no paired seeds"
-        elif diff["ci95"] is not None and abs(diff["mean"]) > diff["ci95"]:
+        elif diff["ci95"] is None:
+            verdict = "not resolved (one paired seed)"
+        elif abs(diff["mean"]) > diff["ci95"]:
             verdict = "aparl higher" if diff["mean"] > 0 else "pebble higher"
         else:
             verdict = "not resolved (interval covers 0)"
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tier", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--report-only", action="store_true", help="run nothing; report finished cells")
     p.add_argument("--results-dir", default=str(ROOT / "results"))
+    p.add_argument("--note", default="", help="provenance kept in the JSON (code, load, CPU)")
     args = p.parse_args(argv)
 
     config_path = ROOT / "sweeps" / f"parl_tasks_{args.tier}.yaml"
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     table = outcome.table or json.loads((Path(cfg.out) / "table.json").read_text())
     results = _load_results(Path(cfg.out))
     comparison = compare(table, results)
-    command = " ".join(["python", "benchmarks/parl_tasks.py", *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
+    command = f"python benchmarks/parl_tasks.py --tier {args.tier}" + (
+        " --report-only" if args.report_only else ""
+    )
     cells = [
         {
             "cell_id": r["cell"]["cell_id"],
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "sweep_command": f"unialign sweep {config_path.relative_to(ROOT.parent)}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "note": args.note,
         "config": yaml.safe_load(config_path.read_text()),
         "table": table,
         "aparl_vs_pebble": comparison,
