@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from unialign.sweep import load_sweep_config, run_sweep
-from unialign.sweep.report import _cell_text, draw_task_curves
+from unialign.sweep.report import draw_task_curves, format_stat
 from unialign.sweep.stats import mean_ci95, normalize
 
 ROOT = Path(__file__).resolve().parent
@@ -83,12 +83,12 @@ def markdown(table: dict, comparison: dict, command: str) -> str:
             r["task"],
             r["method"],
             f"{r['n']}/{r['n_cells']}",
-            _cell_text(r["score"]),
-            _cell_text(r.get("normalized"), 2),
-            _cell_text(r.get("x_to_threshold")),
-            "—" if r["method"] == "oracle" else _cell_text(r.get("aux_to_threshold", {}).get("queries")),
-            _cell_text(m.get("queries_used")),
-            _cell_text(m.get("success_rate"), 2) if "success_rate" in m else "—",
+            format_stat(r["score"]),
+            format_stat(r.get("normalized"), 2),
+            format_stat(r.get("x_to_threshold")),
+            "—" if r["method"] == "oracle" else format_stat(r.get("aux_to_threshold", {}).get("queries")),
+            format_stat(m.get("queries_used")),
+            format_stat(m.get("success_rate"), 2) if "success_rate" in m else "—",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -99,7 +99,7 @@ def markdown(table: dict, comparison: dict, command: str) -> str:
         "|---|---|---|",
     ]
     for task, c in comparison.items():
-        lines.append(f"| {task} | {_cell_text(c['aparl_minus_pebble'], 2)} | {c['verdict']} |")
+        lines.append(f"| {task} | {format_stat(c['aparl_minus_pebble'], 2)} | {c['verdict']} |")
     wins = sum(c["verdict"] == "aparl higher" for c in comparison.values())
     lines += ["", f"A-PARL resolved higher than PEBBLE on {wins} of {len(comparison)} tasks.", ""]
     return "\n".join(lines)

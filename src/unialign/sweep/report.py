@@ -156,9 +156,6 @@ def format_stat(s: dict | None, digits: int | None = None) -> str:
     return text + (f" ({s['n']}/{total})" if s["missing"] else "")
 
 
-_cell_text = format_stat  # the name benchmarks/parl_tasks.py imported first
-
-
 def _columns(table: dict) -> list[tuple[str, Any]]:
     cols: list[tuple[str, Any]] = [
         ("task", lambda r: r["task"]),
