@@ -3,23 +3,16 @@ repeat of one timed iteration per peer, writes a JSON report with the expected k
 
 No timing assertion: the numbers are the benchmark's output, not a property to test."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "lm_online_throughput", ROOT / "benchmarks" / "lm_online_throughput.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lm_online_throughput")
 
 
 def test_reward_fn_is_one_function_for_both_peers():

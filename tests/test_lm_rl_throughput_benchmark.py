@@ -4,23 +4,16 @@ work on both sides.
 
 No timing assertion: the numbers are the benchmark's output, not a property to test."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "lm_rl_throughput", ROOT / "benchmarks" / "lm_rl_throughput.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lm_rl_throughput")
 
 
 def test_sizes_share_the_models_of_the_online_benchmark():

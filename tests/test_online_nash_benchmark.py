@@ -8,20 +8,14 @@ methods, and the judge was asked for exactly the budgeted comparisons.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "online_nash", ROOT / "benchmarks" / "online_nash.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("online_nash")
 
 
 def test_budgets_are_equal_across_methods():

@@ -5,23 +5,17 @@ pretrained into a temporary cache, two reward models are trained, four 2-iterati
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "overoptimization", ROOT / "benchmarks" / "overoptimization.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("overoptimization")
 
 
 RAW = torch.tensor([[3.0, 1.0], [0.0, 2.0]])  # [K = 2 members, N = 2 samples]

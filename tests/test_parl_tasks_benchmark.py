@@ -10,21 +10,13 @@ Numbers worked by hand. With low = 0 and high = 10 a score s normalises to s / 1
 - An A-PARL cell without a PEBBLE partner (seed 3) is left out of the pairs.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "parl_tasks", ROOT / "benchmarks" / "parl_tasks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("parl_tasks")
 
 
 def _result(method: str, task: str, seed: int, score: float) -> dict:

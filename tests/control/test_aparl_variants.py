@@ -207,14 +207,11 @@ def test_config_curvature_reaches_the_learner():
 def test_diagnosis_benchmark_quick(tmp_path):
     """``benchmarks/aparl_diagnosis.py --quick`` writes every section's variants with the
     figures docs/aparl.md quotes, the exact gradients with their errors, and the PNG."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "aparl_diagnosis.py"
-    spec = importlib.util.spec_from_file_location("aparl_diagnosis_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmark_scripts import load_benchmark
+
+    bench = load_benchmark("aparl_diagnosis")
     out = tmp_path / "d.json"
     bench.main(["--quick", "--out", str(out)])
     result = json.loads(out.read_text())

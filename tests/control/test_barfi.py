@@ -180,14 +180,10 @@ def test_cli_gaussian_task_and_existing_run(tmp_path):
 
 def test_benchmark_cell(tmp_path):
     """The sweep cell: task ENV/AUX, method names mapped to method + variant, result keys."""
-    import importlib.util
-
+    from benchmark_scripts import load_benchmark
     from unialign.sweep.grid import Cell
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "barfi.py"
-    spec = importlib.util.spec_from_file_location("barfi_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("barfi")
     params = {k: v for k, v in TINY.items() if k != "progress"}
     cell = Cell("barfi_first_order", "gym:CartPole-v1/good", 0, params, {}, "c")
     assert bench.cell_config(cell, tmp_path).variant == "first_order"

@@ -5,16 +5,11 @@ The full figure (20 annotators × 50 labels) is the benchmark's; this default-ti
 means, a re-posted label refused with 409, no 5xx.
 """
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "label_load.py"
+from benchmark_scripts import load_benchmark
 
 
 def test_concurrent_annotators_store_every_label_once(tmp_path):
-    spec = importlib.util.spec_from_file_location("label_load", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("label_load")
     report = bench.run_load(4, 10, seed=1, workdir=tmp_path)
     assert report["client_errors"] == []
     assert report["labels_stored"] == 40 and report["stored_exactly_once"]

@@ -3,24 +3,19 @@ the grid the script builds, and (slow) a tiny run writes the long-standing resul
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_benchmark
 from unialign.sweep import expand, load_sweep_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "control_feedback", ROOT / "benchmarks" / "control_feedback.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("control_feedback")
 
 
 def test_committed_cpu_yaml_is_the_scripts_grid():
