@@ -25,8 +25,7 @@ from unialign.feedback.store import FeedbackStore
 from unialign.lm import online_rl
 from unialign.lm.generation import SamplingParams, generate
 from unialign.lm.model import load_policy, load_tokenizer
-from unialign.lm.online import TIMING_KEYS, train_lm_online
-from unialign.lm.online_config import LMOnlineConfig
+from unialign.lm.online import train_lm_online
 from unialign.lm.online_judging import FunctionPairJudge, FunctionScoreJudge, as_completion
 from unialign.lm.online_methods import METHODS, Judgements, preferences_from_scores
 from unialign.lm.online_rl import (
@@ -39,6 +38,8 @@ from unialign.lm.online_update import plan_steps
 from unialign.lm.tiny import save_tiny
 from unialign.lm.value_head import token_outputs
 from unialign.losses import REGISTRY
+
+from .test_online import cfg, lines  # the online loop's tiny config and metric lines
 
 pytestmark = pytest.mark.integration
 
@@ -66,20 +67,6 @@ def tiny(tmp_path_factory):
         "    return [len(c) / 10 for c in completions]\n"
     )
     return d
-
-
-def cfg(tiny, out, **kw) -> LMOnlineConfig:
-    base = dict(
-        model=str(tiny / "model"), prompts=str(tiny / "prompts.jsonl"), iterations=2,
-        prompts_per_iteration=2, num_samples=3, max_new_tokens=8, lr=1e-3, micro_batch_size=2,
-        output_dir=str(out), precision="fp32",
-    )  # fmt: skip
-    return LMOnlineConfig(**{**base, **kw})
-
-
-def lines(out: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------

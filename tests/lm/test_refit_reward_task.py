@@ -10,7 +10,6 @@ final policy weights.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -19,8 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unialign.lm.online import TIMING_KEYS, train_lm_online
+from unialign.lm.online import train_lm_online
 from unialign.lm.online_config import LMOnlineConfig
+
+from .test_online import lines  # metric lines without timings
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +42,6 @@ def _cfg(cache, out, **kw) -> LMOnlineConfig:
     return LMOnlineConfig(**{**base, **kw})
 
 
-def _lines(out: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-
 def _store(out: Path) -> list:
     con = sqlite3.connect(out / "feedback.sqlite")
     rows = con.execute(
@@ -62,7 +58,7 @@ def test_aparl_refit_runs_and_resumes_exactly(tmp_path, cache):
     so the resumed run asks and gets the same labels); SIGINT after iteration 2, resume."""
     a = train_lm_online(_cfg(cache, tmp_path / "a"))
     assert a["iterations"] == 3
-    rows = _lines(tmp_path / "a")
+    rows = lines(tmp_path / "a")
     assert [r["refit/labels_used"] for r in rows] == [6, 12, 18]
     assert all(r["refit/cg_residual"] < 1 and r["refit/implicit_norm"] > 0 for r in rows)
     teacher = [r for r in _store(tmp_path / "a") if r[-2] == "teacher:stochastic"]
@@ -77,7 +73,7 @@ def test_aparl_refit_runs_and_resumes_exactly(tmp_path, cache):
     assert first["interrupted"] and first["iterations"] == 2
     second = train_lm_online(cut, resume=True)
     assert second["iterations"] == 3
-    assert _lines(tmp_path / "a") == _lines(tmp_path / "b")
+    assert lines(tmp_path / "a") == lines(tmp_path / "b")
     assert _store(tmp_path / "a") == _store(tmp_path / "b")
     wa = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
